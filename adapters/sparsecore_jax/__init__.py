@@ -1,0 +1,9 @@
+"""JAX bindings of sparsecore: ``jax.custom_vjp`` over the core's rules.
+
+Every function works under ``jax.jit``, ``jax.vmap`` and ``jax.grad``; the
+solvers' data-dependent stopping becomes a bounded ``lax.while_loop``.
+"""
+
+from ._functions import sparsemax, topk_is_exact, topk_sparsemax
+
+__all__ = ["sparsemax", "topk_is_exact", "topk_sparsemax"]

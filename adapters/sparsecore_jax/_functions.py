@@ -1,0 +1,99 @@
+"""``jax.custom_vjp`` registrations of the core's forward and backward rules."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+
+import sparsecore
+from sparsecore._lib._validation import check_k, check_nan_policy, normalize_axis
+
+__all__ = ["sparsemax", "topk_is_exact", "topk_sparsemax"]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _sparsemax(scores: jax.Array, axis: int, nan_policy: str) -> jax.Array:
+    return sparsecore.sparsemax(scores, axis=axis, nan_policy=nan_policy)
+
+
+def _sparsemax_fwd(scores: jax.Array, axis: int, nan_policy: str) -> tuple[jax.Array, jax.Array]:
+    probs = sparsecore.sparsemax(scores, axis=axis, nan_policy=nan_policy)
+    return probs, probs
+
+
+def _sparsemax_bwd(axis: int, nan_policy: str, probs: jax.Array, grad_probs: jax.Array) -> tuple[jax.Array]:
+    return (sparsecore.sparsemax_vjp(probs, grad_probs, axis=axis),)
+
+
+_sparsemax.defvjp(_sparsemax_fwd, _sparsemax_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _topk_sparsemax(scores: jax.Array, k: int, axis: int, nan_policy: str) -> jax.Array:
+    return sparsecore.topk_sparsemax(scores, k, axis=axis, nan_policy=nan_policy)
+
+
+def _topk_sparsemax_fwd(
+    scores: jax.Array, k: int, axis: int, nan_policy: str
+) -> tuple[jax.Array, jax.Array]:
+    probs = sparsecore.topk_sparsemax(scores, k, axis=axis, nan_policy=nan_policy)
+    return probs, probs
+
+
+def _topk_sparsemax_bwd(
+    k: int, axis: int, nan_policy: str, probs: jax.Array, grad_probs: jax.Array
+) -> tuple[jax.Array]:
+    return (sparsecore.topk_sparsemax_vjp(probs, grad_probs, axis=axis),)
+
+
+_topk_sparsemax.defvjp(_topk_sparsemax_fwd, _topk_sparsemax_bwd)
+
+
+def sparsemax(s: jax.Array, axis: int = -1, *, nan_policy: str = "propagate") -> jax.Array:
+    """Sparsemax of ``s`` along ``axis``, differentiable by ``jax.grad``.
+
+    The JAX binding of :func:`sparsecore.sparsemax` (see it for the math and
+    the handling of ``-inf``, ``+inf`` and NaN).  ``nan_policy="raise"``
+    needs concrete (non-traced) values.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> import sparsecore_jax
+    >>> jax.jit(sparsecore_jax.sparsemax)(jnp.array([0.0, 0.5, 1.0]))
+    Array([0.  , 0.25, 0.75], dtype=float32)
+    """
+    s = _as_array(s)
+    axis = normalize_axis(axis, s.ndim)
+    return _sparsemax(s, axis, check_nan_policy(nan_policy))  # type: ignore[no-any-return]
+
+
+def topk_sparsemax(s: jax.Array, k: int, axis: int = -1, *, nan_policy: str = "propagate") -> jax.Array:
+    """Sparsemax over the ``k`` largest entries of ``s`` along ``axis``.
+
+    The JAX binding of :func:`sparsecore.topk_sparsemax`; ``k`` is static.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> import sparsecore_jax
+    >>> sparsecore_jax.topk_sparsemax(jnp.array([1.0, 0.9, 0.8, 0.0]), k=2)
+    Array([0.55, 0.45, 0.  , 0.  ], dtype=float32)
+    """
+    s = _as_array(s)
+    axis = normalize_axis(axis, s.ndim)
+    k = check_k(k, s.shape[axis])
+    return _topk_sparsemax(s, k, axis, check_nan_policy(nan_policy))  # type: ignore[no-any-return]
+
+
+def topk_is_exact(probs: jax.Array, k: int, axis: int = -1) -> jax.Array:
+    """Per row, whether a :func:`topk_sparsemax` output equals the full sparsemax."""
+    return sparsecore.topk_is_exact(jax.lax.stop_gradient(_as_array(probs, "probs")), k, axis=axis)
+
+
+def _as_array(x: Any, name: str = "s") -> jax.Array:
+    if not isinstance(x, jax.Array):
+        raise TypeError(f"{name} must be a jax.Array, got {type(x).__name__}")
+    return x

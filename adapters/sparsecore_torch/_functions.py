@@ -1,0 +1,133 @@
+"""Autograd Functions over the core's forward and backward rules.
+
+The core is called on the tensors themselves (same device, no copies, no
+host round trip); these classes only register its rules with autograd.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+import sparsecore
+from sparsecore._lib._validation import check_k, check_nan_policy, normalize_axis
+
+__all__ = ["sparsemax", "topk_is_exact", "topk_sparsemax"]
+
+
+def _vmap_dim(dim: int, ndim_unbatched: int) -> int:
+    """``dim`` of an unbatched input, seen on the input with a batch dim at 0."""
+    return normalize_axis(dim, ndim_unbatched, "dim") + 1
+
+
+class SparsemaxFunction(torch.autograd.Function):
+    """Sparsemax along ``dim`` with the sparsemax VJP as its backward."""
+
+    @staticmethod
+    def forward(scores: torch.Tensor, dim: int, nan_policy: str) -> torch.Tensor:  # type: ignore[override]
+        return sparsecore.sparsemax(scores, axis=dim, nan_policy=nan_policy)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        _, dim, _ = inputs
+        ctx.save_for_backward(output)
+        ctx.dim = dim
+
+    @staticmethod
+    def backward(ctx: Any, grad_probs: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        (probs,) = ctx.saved_tensors
+        return sparsecore.sparsemax_vjp(probs, grad_probs, axis=ctx.dim), None, None
+
+    @staticmethod
+    def vmap(info: Any, in_dims: tuple[Any, ...], scores: torch.Tensor, dim: int, nan_policy: str) -> Any:
+        # The solver stops on data (a host read), so a vmapped call runs the
+        # whole batch eagerly with the vmapped dimension moved to the front.
+        (batch_dim, _, _) = in_dims
+        if batch_dim is None:
+            return SparsemaxFunction.apply(scores, dim, nan_policy), None
+        scores = scores.movedim(batch_dim, 0)
+        return SparsemaxFunction.apply(scores, _vmap_dim(dim, scores.ndim - 1), nan_policy), 0
+
+
+class TopKSparsemaxFunction(torch.autograd.Function):
+    """Top-k sparsemax along ``dim`` with the sparsemax VJP as its backward."""
+
+    @staticmethod
+    def forward(scores: torch.Tensor, k: int, dim: int, nan_policy: str) -> torch.Tensor:  # type: ignore[override]
+        return sparsecore.topk_sparsemax(scores, k, axis=dim, nan_policy=nan_policy)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        _, _, dim, _ = inputs
+        ctx.save_for_backward(output)
+        ctx.dim = dim
+
+    @staticmethod
+    def backward(ctx: Any, grad_probs: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        (probs,) = ctx.saved_tensors
+        return sparsecore.topk_sparsemax_vjp(probs, grad_probs, axis=ctx.dim), None, None, None
+
+    @staticmethod
+    def vmap(
+        info: Any, in_dims: tuple[Any, ...], scores: torch.Tensor, k: int, dim: int, nan_policy: str
+    ) -> Any:
+        (batch_dim, _, _, _) = in_dims
+        if batch_dim is None:
+            return TopKSparsemaxFunction.apply(scores, k, dim, nan_policy), None
+        scores = scores.movedim(batch_dim, 0)
+        return TopKSparsemaxFunction.apply(scores, k, _vmap_dim(dim, scores.ndim - 1), nan_policy), 0
+
+
+def sparsemax(s: torch.Tensor, dim: int = -1, *, nan_policy: str = "propagate") -> torch.Tensor:
+    """Sparsemax of ``s`` along ``dim``, differentiable by autograd.
+
+    The PyTorch binding of :func:`sparsecore.sparsemax` (see it for the
+    math and the handling of ``-inf``, ``+inf`` and NaN).  Works under
+    ``torch.func`` transforms (``grad``, ``vmap``, ``jacrev``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> import sparsecore_torch
+    >>> s = torch.tensor([0.0, 0.5, 1.0], requires_grad=True)
+    >>> sparsecore_torch.sparsemax(s)
+    tensor([0.0000, 0.2500, 0.7500], grad_fn=<SparsemaxFunctionBackward>)
+    """
+    _check_tensor(s)
+    dim = normalize_axis(dim, s.ndim, "dim")
+    return SparsemaxFunction.apply(s, dim, check_nan_policy(nan_policy))  # type: ignore[no-any-return]
+
+
+def topk_sparsemax(
+    s: torch.Tensor, k: int, dim: int = -1, *, nan_policy: str = "propagate"
+) -> torch.Tensor:
+    """Sparsemax over the ``k`` largest entries of ``s`` along ``dim``.
+
+    The PyTorch binding of :func:`sparsecore.topk_sparsemax`; the output has
+    at most ``k`` nonzeros and equals :func:`sparsemax` whenever it has
+    fewer than ``k`` (see :func:`topk_is_exact`).
+
+    Examples
+    --------
+    >>> import torch
+    >>> import sparsecore_torch
+    >>> sparsecore_torch.topk_sparsemax(torch.tensor([1.0, 0.9, 0.8, 0.0]), k=2)
+    tensor([0.5500, 0.4500, 0.0000, 0.0000])
+    """
+    _check_tensor(s)
+    dim = normalize_axis(dim, s.ndim, "dim")
+    k = check_k(k, s.shape[dim])
+    return TopKSparsemaxFunction.apply(s, k, dim, check_nan_policy(nan_policy))  # type: ignore[no-any-return]
+
+
+def topk_is_exact(probs: torch.Tensor, k: int, dim: int = -1) -> torch.Tensor:
+    """Per row, whether a :func:`topk_sparsemax` output equals the full sparsemax."""
+    _check_tensor(probs, "probs")
+    dim = normalize_axis(dim, probs.ndim, "dim")
+    return sparsecore.topk_is_exact(probs.detach(), k, axis=dim)  # type: ignore[no-any-return]
+
+
+def _check_tensor(x: Any, name: str = "s") -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")

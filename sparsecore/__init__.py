@@ -1,0 +1,21 @@
+"""sparsecore: exact marginalization of discrete latent variables over sparse supports.
+
+The numerical core, written once against the Python array API: every
+function takes and returns arrays of the caller's namespace (NumPy, CuPy,
+PyTorch, JAX, array-api-strict), on the caller's device, in the caller's
+floating dtype.  Framework bindings live in ``sparsecore_torch`` and
+``sparsecore_jax``.
+"""
+
+from ._sparsemax import sparsemax, sparsemax_vjp
+from ._topk import topk_is_exact, topk_sparsemax, topk_sparsemax_vjp
+
+__all__ = [
+    "sparsemax",
+    "sparsemax_vjp",
+    "topk_is_exact",
+    "topk_sparsemax",
+    "topk_sparsemax_vjp",
+]
+
+__version__ = "0.1.0"

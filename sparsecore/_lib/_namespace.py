@@ -1,0 +1,98 @@
+"""Array-namespace helpers: compute dtypes and bounded loops.
+
+Nothing here imports a framework at module level.  The only native code path
+is the JAX loop, taken behind ``is_jax_namespace`` so that a solver's
+data-dependent stopping stays traceable under ``jax.jit``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from array_api_compat import array_namespace, is_jax_namespace
+
+__all__ = [
+    "array_namespace",
+    "compute_dtype",
+    "concrete_any",
+    "is_jax_namespace",
+    "quiet",
+    "sign",
+    "while_loop",
+]
+
+State = TypeVar("State")
+
+
+def compute_dtype(dtype: Any, *, xp: Any) -> Any:
+    """The dtype the core computes in: float32 for half precisions."""
+    half = [xp.float16] if hasattr(xp, "float16") else []
+    if hasattr(xp, "bfloat16"):
+        half.append(xp.bfloat16)
+    if any(dtype == candidate for candidate in half):
+        return xp.float32
+    return dtype
+
+
+def while_loop(
+    cond: Callable[[State], Any],
+    body: Callable[[State], State],
+    state: State,
+    *,
+    xp: Any,
+) -> State:
+    """Run ``body`` while ``cond`` holds.
+
+    Eager namespaces run a Python loop (``cond`` is read on the host); JAX
+    uses ``jax.lax.while_loop`` so that the loop is traceable under ``jit``
+    and batchable under ``vmap``.  ``cond`` must bound the iteration count.
+    """
+    if is_jax_namespace(xp):
+        import jax  # noqa: PLC0415 - only reached with JAX arrays in hand
+
+        return jax.lax.while_loop(cond, body, state)  # type: ignore[no-any-return]
+    while bool(cond(state)):
+        state = body(state)
+    return state
+
+
+def concrete_any(x: Any, *, xp: Any) -> bool:
+    """Whether any entry of ``x`` is true, read on the host.
+
+    Under JAX (possibly traced) this answers ``True``: callers use it only to
+    skip work that is harmless to do, and XLA fuses that work anyway.
+    """
+    if is_jax_namespace(xp):
+        return True
+    return bool(xp.any(x))
+
+
+def quiet(xp: Any) -> Any:
+    """A context that silences NumPy's floating-point warnings.
+
+    The core handles ``inf - inf`` and friends explicitly (those rows are
+    repaired afterwards), so NumPy-backed namespaces must not warn about them.
+    Other namespaces do not warn; they get a null context.
+    """
+    from array_api_compat import is_array_api_strict_namespace, is_numpy_namespace  # noqa: PLC0415
+
+    if is_numpy_namespace(xp) or is_array_api_strict_namespace(xp):
+        import numpy as np  # noqa: PLC0415
+
+        return np.errstate(all="ignore")
+    return contextlib.nullcontext()
+
+
+def sign(x: Any, *, xp: Any) -> Any:
+    """Elementwise sign; NaN entries may give 0 or NaN (callers handle NaN).
+
+    PyTorch takes its native ``Tensor.sign``: the array-api-compat wrapper
+    repairs NaN with boolean indexing, which ``torch.func.vmap`` rejects.
+    """
+    from array_api_compat import is_torch_namespace  # noqa: PLC0415
+
+    if is_torch_namespace(xp):
+        return x.sign()
+    return xp.sign(x)

@@ -1,0 +1,224 @@
+"""Sparsemax: the Euclidean projection onto the probability simplex."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from array_api_compat import device
+
+from ._lib._arrays import from_last, raise_on_nan, to_last
+from ._lib._namespace import array_namespace, concrete_any, quiet, sign, while_loop
+from ._lib._validation import check_floating, check_nan_policy, normalize_axis
+
+__all__ = ["sparsemax", "sparsemax_vjp"]
+
+
+def sparsemax(s: Any, axis: int = -1, *, nan_policy: str = "propagate") -> Any:
+    r"""Sparsemax of the scores ``s`` along ``axis``.
+
+    The Euclidean projection of the scores onto the probability simplex:
+
+    .. math::
+
+        \operatorname{sparsemax}(s) = \arg\min_{p \in \triangle^K} \|p - s\|_2^2
+        = \max(s - \tau, 0),
+
+    with the threshold :math:`\tau` chosen so that :math:`\sum_i p_i = 1`.
+    Unlike softmax, the result usually has zeros.
+
+    The threshold is found exactly by Newton's method on the piecewise-linear
+    equation :math:`\sum_i \max(s_i - \tau, 0) = 1` (Michelot's algorithm),
+    started from the lower bound :math:`\max(\max_i s_i - 1, (\sum_i s_i -
+    1)/K)`.  Each step is one pass over the scores; the support shrinks at
+    every step and the iteration stops when it no longer does, at which point
+    the threshold is exact (at most ``K + 1`` steps, a handful in practice).
+    No sort is needed.
+
+    Parameters
+    ----------
+    s : array of shape (..., K, ...)
+        Scores, of a real floating dtype, in any array-API namespace (NumPy,
+        CuPy, PyTorch, JAX, array-api-strict).  ``-inf`` entries are masked
+        out (probability 0); ``+inf`` entries share the mass equally; a row of
+        only ``-inf`` gives all zeros.  float16 and bfloat16 are computed in
+        float32 and returned in their own dtype.
+    axis : int, default -1
+        The axis of the ``K`` categories.
+    nan_policy : {"propagate", "raise"}, default "propagate"
+        With ``"propagate"`` a row holding NaN gives a row of NaN and leaves
+        the other rows untouched; ``"raise"`` raises ``ValueError`` instead
+        (eager arrays only).
+
+    Returns
+    -------
+    probs : array of the shape, namespace, device and dtype of ``s``
+        Nonnegative, summing to 1 along ``axis``.
+
+    Raises
+    ------
+    TypeError
+        If ``s`` is not of a real floating dtype or ``axis`` is not an integer.
+    ValueError
+        If ``axis`` is out of range or has size 0.
+
+    See Also
+    --------
+    sparsemax_vjp : its vector-Jacobian product.
+    topk_sparsemax : sparsemax restricted to the ``k`` largest scores.
+
+    References
+    ----------
+    .. [1] A. F. T. Martins and R. F. Astudillo, "From softmax to sparsemax: a
+       sparse model of attention and multi-label classification", ICML 2016.
+    .. [2] G. M. Correia, V. Niculae, W. Aziz and A. F. T. Martins, "Efficient
+       marginalization of discrete and structured latent variables via
+       sparsity", NeurIPS 2020.
+    .. [3] C. Michelot, "A finite algorithm for finding the projection of a
+       point onto the canonical simplex of R^n", JOTA 50(1), 1986.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sparsecore import sparsemax
+    >>> sparsemax(np.array([0.0, 0.5, 1.0]))
+    array([0.  , 0.25, 0.75])
+    >>> sparsemax(np.array([0.0, -np.inf, 0.0]))
+    array([0.5, 0. , 0.5])
+    """
+    xp = array_namespace(s)
+    check_floating(s, "s", xp=xp)
+    nan_policy = check_nan_policy(nan_policy)
+    axis = normalize_axis(axis, s.ndim)
+    if s.shape[axis] == 0:
+        raise ValueError(f"sparsemax needs at least one category along axis={axis}, got shape {s.shape}")
+    scores = to_last(s, axis, xp=xp)
+    if nan_policy == "raise":
+        raise_on_nan(scores, "s", xp=xp)
+    with quiet(xp):
+        probs = sparsemax_last(scores, xp=xp)
+    return from_last(probs, axis, s.dtype, xp=xp)
+
+
+def sparsemax_vjp(p: Any, g: Any, axis: int = -1) -> Any:
+    r"""Vector-Jacobian product of :func:`sparsemax` at its output ``p``.
+
+    With the support :math:`S = \{i : p_i > 0\}`,
+
+    .. math::
+
+        \frac{\partial \ell}{\partial s} = \mathbb{1}_S \odot
+        \Bigl(g - \frac{1}{|S|} \sum_{i \in S} g_i\Bigr).
+
+    Only the output is needed, not the scores.  Masked (``-inf``) entries and
+    rows of all zeros get gradient 0; a NaN row gets a NaN row.
+
+    Parameters
+    ----------
+    p : array of shape (..., K, ...)
+        An output of :func:`sparsemax` or :func:`topk_sparsemax`.
+    g : array of the shape of ``p``
+        The cotangent: the gradient of the loss w.r.t. ``p``.
+    axis : int, default -1
+        The axis of the ``K`` categories.
+
+    Returns
+    -------
+    grad : array of the shape, namespace and dtype of ``g``
+        The gradient w.r.t. the scores.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sparsecore import sparsemax, sparsemax_vjp
+    >>> p = sparsemax(np.array([0.0, 0.5, 1.0]))
+    >>> sparsemax_vjp(p, np.array([1.0, 2.0, 0.0]))
+    array([ 0.,  1., -1.])
+    """
+    xp = array_namespace(p, g)
+    check_floating(p, "p", xp=xp)
+    check_floating(g, "g", xp=xp)
+    if tuple(p.shape) != tuple(g.shape):
+        raise ValueError(f"g must have the shape of p, got g.shape={g.shape} and p.shape={p.shape}")
+    axis = normalize_axis(axis, p.ndim)
+    with quiet(xp):
+        grad = sparsemax_vjp_last(to_last(p, axis, xp=xp), to_last(g, axis, xp=xp), xp=xp)
+    return from_last(grad, axis, g.dtype, xp=xp)
+
+
+def prepare_rows(scores: Any, *, xp: Any) -> tuple[Any, Any, Any]:
+    """Shift each row so that its maximum is 0 and tame non-finite rows.
+
+    Returns ``(shifted, row_total, fix)``: ``shifted`` has finite rows with
+    maximum 0 (or ``-inf`` entries); ``row_total`` its row sums; ``fix`` is
+    ``None`` when every row is ordinary, else ``(nan_rows, empty_rows)`` to
+    apply to the result with :func:`apply_fix`.
+    """
+    row_max = xp.max(scores, axis=-1, keepdims=True)
+    shifted = scores - row_max
+    row_total = xp.sum(shifted, axis=-1, keepdims=True)
+    special = ~xp.isfinite(row_max) | xp.isnan(row_total)
+    if not concrete_any(special, xp=xp):
+        return shifted, row_total, None
+    nan_rows = xp.any(xp.isnan(scores), axis=-1, keepdims=True)
+    posinf_rows = (row_max == xp.inf) & ~nan_rows
+    empty_rows = special & ~posinf_rows & ~nan_rows
+    zeros = xp.zeros_like(scores)
+    # A row with +inf entries: they share the mass, everything else is -inf.
+    posinf_shifted = xp.where(scores == xp.inf, zeros, xp.full_like(scores, -xp.inf))
+    # Rows of NaN or of only -inf are solved on zeros and overwritten after.
+    replacement = xp.where(posinf_rows, posinf_shifted, zeros)
+    shifted = xp.where(special, replacement, shifted)
+    row_total = xp.sum(shifted, axis=-1, keepdims=True)
+    return shifted, row_total, (nan_rows, empty_rows)
+
+
+def apply_fix(probs: Any, fix: Any, *, xp: Any) -> Any:
+    """Write NaN into NaN rows and zeros into all -inf rows."""
+    if fix is None:
+        return probs
+    nan_rows, empty_rows = fix
+    probs = xp.where(empty_rows, xp.zeros_like(probs), probs)
+    return xp.where(nan_rows, xp.full_like(probs, xp.nan), probs)
+
+
+def newton_step(shifted: Any, state: tuple[Any, Any, Any, Any], *, xp: Any) -> tuple[Any, Any, Any, Any]:
+    """One Michelot/Newton step on the threshold, frozen where converged."""
+    tau, count_before, _, done = state
+    probs = xp.clip(shifted - tau, min=0.0)
+    mass = xp.sum(probs, axis=-1, keepdims=True)
+    count = xp.sum(sign(probs, xp=xp), axis=-1, keepdims=True)
+    # The support only shrinks; once it stops shrinking the threshold that
+    # produced it is exact and ``probs`` is the answer.
+    done = done | (count >= count_before)
+    tau = xp.where(done, tau, tau + (mass - 1.0) / count)
+    return tau, count, probs, done
+
+
+def sparsemax_last(scores: Any, *, xp: Any) -> Any:
+    """Sparsemax along the last axis of a floating array (no validation)."""
+    shifted, row_total, fix = prepare_rows(scores, xp=xp)
+    size = scores.shape[-1]
+    # Two lower bounds on the threshold: p_max <= 1 and full support.
+    tau = xp.clip((row_total - 1.0) / size, min=-1.0)
+    count = xp.full_like(tau, size + 1)
+    done = xp.zeros(tau.shape, dtype=xp.bool, device=device(scores))
+    state = newton_step(shifted, (tau, count, None, done), xp=xp)
+    state = while_loop(
+        lambda state: ~xp.all(state[3]),
+        lambda state: newton_step(shifted, state, xp=xp),
+        state,
+        xp=xp,
+    )
+    return apply_fix(state[2], fix, xp=xp)
+
+
+def sparsemax_vjp_last(probs: Any, cotangent: Any, *, xp: Any) -> Any:
+    """Sparsemax VJP along the last axis (no validation)."""
+    support = sign(probs, xp=xp)
+    count = xp.sum(support, axis=-1, keepdims=True)
+    # ``0 * sum(probs)`` is 0, or NaN on a NaN row, which then stays NaN.
+    nan_guard = 0.0 * xp.sum(probs, axis=-1, keepdims=True)
+    mean = xp.sum(cotangent * support, axis=-1, keepdims=True) / xp.clip(count, min=1.0) + nan_guard
+    return (cotangent - mean) * support
+
+
