@@ -1,0 +1,138 @@
+"""Sparsemax speed against the public anchors, in one run, on one CPU thread.
+
+Forward and forward+backward in float32, for each shape: ``sparsecore_torch``
+against ``torch.softmax``, ``entmax.sparsemax`` (sort-based, and with its
+partial top-k ``k=``) and ``entmax.sparsemax_bisect``; ``sparsecore_jax``
+under ``jax.jit`` against ``jax.nn.softmax`` and optax's
+``projection_simplex``.  Prints medians (microseconds) and ratios to the
+framework's softmax.
+
+    python benchmarks/sparsemax.py                 # every shape
+    python benchmarks/sparsemax.py --shapes 64x10 1024x256 --scale 0.1
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+# One CPU thread for every framework, set before they are imported.
+os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+SHAPES = ((64, 10), (64, 256), (1024, 256), (256, 4096), (16, 65536))
+
+
+def median_seconds(run: Callable[[], object], budget: float, min_repeats: int = 5) -> float:
+    """Median wall time of ``run`` over repeats filling ``budget`` seconds."""
+    run()
+    run()
+    times: list[float] = []
+    deadline = time.perf_counter() + budget
+    while time.perf_counter() < deadline or len(times) < min_repeats:
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def torch_rows(scores: np.ndarray, cotangent: np.ndarray, budget: float) -> dict[str, tuple[float, float]]:
+    import entmax
+    import torch
+
+    import sparsecore_torch
+
+    torch.set_num_threads(1)
+    s = torch.from_numpy(scores)
+    g = torch.from_numpy(cotangent)
+    size = scores.shape[-1]
+    partial_k = min(16, size)
+    methods: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+        "torch.softmax": lambda x: torch.softmax(x, dim=-1),
+        "sparsecore_torch.sparsemax": lambda x: sparsecore_torch.sparsemax(x, dim=-1),
+        "entmax.sparsemax": lambda x: entmax.sparsemax(x, dim=-1),
+        f"entmax.sparsemax(k={partial_k})": lambda x: entmax.sparsemax(x, dim=-1, k=partial_k),
+        "entmax.sparsemax_bisect": lambda x: entmax.sparsemax_bisect(x, dim=-1),
+    }
+    rows = {}
+    for name, fn in methods.items():
+
+        def forward(fn: Callable[[torch.Tensor], torch.Tensor] = fn) -> None:
+            with torch.no_grad():
+                fn(s)
+
+        def forward_backward(fn: Callable[[torch.Tensor], torch.Tensor] = fn) -> None:
+            x = s.detach().requires_grad_()
+            fn(x).backward(g)
+
+        rows[name] = (median_seconds(forward, budget), median_seconds(forward_backward, budget))
+    return rows
+
+
+def jax_rows(scores: np.ndarray, cotangent: np.ndarray, budget: float) -> dict[str, tuple[float, float]]:
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    import sparsecore_jax
+
+    s = jnp.asarray(scores)
+    g = jnp.asarray(cotangent)
+    methods = {
+        "jax.nn.softmax (jit)": lambda x: jax.nn.softmax(x, axis=-1),
+        "sparsecore_jax.sparsemax (jit)": lambda x: sparsecore_jax.sparsemax(x, axis=-1),
+        "optax projection_simplex (jit)": jax.vmap(optax.projections.projection_simplex),
+    }
+    rows = {}
+    for name, fn in methods.items():
+        forward = jax.jit(fn)
+        forward_backward = jax.jit(jax.grad(lambda x, fn=fn: jnp.vdot(fn(x), g)))
+        rows[name] = (
+            median_seconds(lambda forward=forward: forward(s).block_until_ready(), budget),
+            median_seconds(lambda fb=forward_backward: fb(s).block_until_ready(), budget),
+        )
+    return rows
+
+
+def parse_shape(text: str) -> tuple[int, int]:
+    batch, size = text.lower().split("x")
+    return int(batch), int(size)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", nargs="+", type=parse_shape, default=list(SHAPES), help="BATCHxK")
+    parser.add_argument("--scale", type=float, default=1.0, help="scores ~ N(0, scale^2)")
+    parser.add_argument("--budget", type=float, default=0.4, help="seconds per measurement")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--frameworks", nargs="+", default=["torch", "jax"], choices=["torch", "jax"])
+    args = parser.parse_args(argv)
+
+    rng = np.random.default_rng(args.seed)
+    print(f"float32, scores ~ N(0, {args.scale}^2), one CPU thread; median microseconds; ratio = time / softmax")
+    print()
+    print("| shape | method | forward (us) | fwd ratio | fwd+bwd (us) | fwd+bwd ratio |")
+    print("|---|---|---:|---:|---:|---:|")
+    for batch, size in args.shapes:
+        scores = (args.scale * rng.standard_normal((batch, size))).astype(np.float32)
+        cotangent = rng.standard_normal((batch, size)).astype(np.float32)
+        for framework in args.frameworks:
+            rows = (torch_rows if framework == "torch" else jax_rows)(scores, cotangent, args.budget)
+            base_forward, base_both = next(iter(rows.values()))
+            for name, (forward, both) in rows.items():
+                print(
+                    f"| {batch}x{size} | {name} | {forward * 1e6:.1f} | {forward / base_forward:.2f} "
+                    f"| {both * 1e6:.1f} | {both / base_both:.2f} |",
+                    flush=True,
+                )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
