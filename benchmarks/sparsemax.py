@@ -24,7 +24,7 @@ from collections.abc import Callable
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 SHAPES = ((64, 10), (64, 256), (1024, 256), (256, 4096), (16, 65536))
 
@@ -44,9 +44,8 @@ def median_seconds(run: Callable[[], object], budget: float, min_repeats: int = 
 
 def torch_rows(scores: np.ndarray, cotangent: np.ndarray, budget: float) -> dict[str, tuple[float, float]]:
     import entmax
-    import torch
-
     import sparsecore_torch
+    import torch
 
     torch.set_num_threads(1)
     s = torch.from_numpy(scores)
@@ -79,7 +78,6 @@ def jax_rows(scores: np.ndarray, cotangent: np.ndarray, budget: float) -> dict[s
     import jax
     import jax.numpy as jnp
     import optax
-
     import sparsecore_jax
 
     s = jnp.asarray(scores)
@@ -106,7 +104,9 @@ def parse_shape(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--shapes", nargs="+", type=parse_shape, default=list(SHAPES), help="BATCHxK")
     parser.add_argument("--scale", type=float, default=1.0, help="scores ~ N(0, scale^2)")
     parser.add_argument("--budget", type=float, default=0.4, help="seconds per measurement")
@@ -115,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     rng = np.random.default_rng(args.seed)
-    print(f"float32, scores ~ N(0, {args.scale}^2), one CPU thread; median microseconds; ratio = time / softmax")
+    print(
+        f"float32, scores ~ N(0, {args.scale}^2), one CPU thread; median microseconds; ratio = time / softmax"
+    )
     print()
     print("| shape | method | forward (us) | fwd ratio | fwd+bwd (us) | fwd+bwd ratio |")
     print("|---|---|---:|---:|---:|---:|")

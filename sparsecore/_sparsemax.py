@@ -220,5 +220,3 @@ def sparsemax_vjp_last(probs: Any, cotangent: Any, *, xp: Any) -> Any:
     nan_guard = 0.0 * xp.sum(probs, axis=-1, keepdims=True)
     mean = xp.sum(cotangent * support, axis=-1, keepdims=True) / xp.clip(count, min=1.0) + nan_guard
     return (cotangent - mean) * support
-
-

@@ -35,9 +35,7 @@ def _topk_sparsemax(scores: jax.Array, k: int, axis: int, nan_policy: str) -> ja
     return sparsecore.topk_sparsemax(scores, k, axis=axis, nan_policy=nan_policy)
 
 
-def _topk_sparsemax_fwd(
-    scores: jax.Array, k: int, axis: int, nan_policy: str
-) -> tuple[jax.Array, jax.Array]:
+def _topk_sparsemax_fwd(scores: jax.Array, k: int, axis: int, nan_policy: str) -> tuple[jax.Array, jax.Array]:
     probs = sparsecore.topk_sparsemax(scores, k, axis=axis, nan_policy=nan_policy)
     return probs, probs
 

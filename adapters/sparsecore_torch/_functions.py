@@ -99,9 +99,7 @@ def sparsemax(s: torch.Tensor, dim: int = -1, *, nan_policy: str = "propagate") 
     return SparsemaxFunction.apply(s, dim, check_nan_policy(nan_policy))  # type: ignore[no-any-return]
 
 
-def topk_sparsemax(
-    s: torch.Tensor, k: int, dim: int = -1, *, nan_policy: str = "propagate"
-) -> torch.Tensor:
+def topk_sparsemax(s: torch.Tensor, k: int, dim: int = -1, *, nan_policy: str = "propagate") -> torch.Tensor:
     """Sparsemax over the ``k`` largest entries of ``s`` along ``dim``.
 
     The PyTorch binding of :func:`sparsecore.topk_sparsemax`; the output has

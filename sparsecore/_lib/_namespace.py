@@ -50,7 +50,7 @@ def while_loop(
     and batchable under ``vmap``.  ``cond`` must bound the iteration count.
     """
     if is_jax_namespace(xp):
-        import jax  # noqa: PLC0415 - only reached with JAX arrays in hand
+        import jax
 
         return jax.lax.while_loop(cond, body, state)  # type: ignore[no-any-return]
     while bool(cond(state)):
@@ -76,10 +76,10 @@ def quiet(xp: Any) -> Any:
     repaired afterwards), so NumPy-backed namespaces must not warn about them.
     Other namespaces do not warn; they get a null context.
     """
-    from array_api_compat import is_array_api_strict_namespace, is_numpy_namespace  # noqa: PLC0415
+    from array_api_compat import is_array_api_strict_namespace, is_numpy_namespace
 
     if is_numpy_namespace(xp) or is_array_api_strict_namespace(xp):
-        import numpy as np  # noqa: PLC0415
+        import numpy as np
 
         return np.errstate(all="ignore")
     return contextlib.nullcontext()
@@ -91,7 +91,7 @@ def sign(x: Any, *, xp: Any) -> Any:
     PyTorch takes its native ``Tensor.sign``: the array-api-compat wrapper
     repairs NaN with boolean indexing, which ``torch.func.vmap`` rejects.
     """
-    from array_api_compat import is_torch_namespace  # noqa: PLC0415
+    from array_api_compat import is_torch_namespace
 
     if is_torch_namespace(xp):
         return x.sign()

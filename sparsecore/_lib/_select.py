@@ -37,7 +37,7 @@ def kth_largest(x: Any, k: int, *, xp: Any) -> Any:
         native = _native_module(xp)
         return native.partition(x, size - k, axis=-1)[..., size - k : size - k + 1]
     if is_jax_namespace(xp):
-        import jax  # noqa: PLC0415 - JAX arrays are in hand
+        import jax
 
         return jax.lax.top_k(x, k)[0][..., k - 1 : k]
     return kth_largest_generic(x, k, xp=xp)
@@ -45,9 +45,9 @@ def kth_largest(x: Any, k: int, *, xp: Any) -> Any:
 
 def _native_module(xp: Any) -> Any:
     if is_cupy_namespace(xp):
-        import cupy  # noqa: PLC0415 - CuPy arrays are in hand
+        import cupy
 
         return cupy
-    import numpy  # noqa: PLC0415
+    import numpy
 
     return numpy
