@@ -8,6 +8,7 @@ from array_api_compat import device
 
 from ._lib._arrays import from_last, raise_on_nan, to_last
 from ._lib._namespace import array_namespace, concrete_any, quiet, sign, while_loop
+from ._lib._select import largest_values
 from ._lib._validation import check_floating, check_nan_policy, normalize_axis
 
 __all__ = ["sparsemax", "sparsemax_vjp"]
@@ -194,22 +195,55 @@ def newton_step(shifted: Any, state: tuple[Any, Any, Any, Any], *, xp: Any) -> t
     return tau, count, probs, done
 
 
-def sparsemax_last(scores: Any, *, xp: Any) -> Any:
-    """Sparsemax along the last axis of a floating array (no validation)."""
-    shifted, row_total, fix = prepare_rows(scores, xp=xp)
-    size = scores.shape[-1]
-    # Two lower bounds on the threshold: p_max <= 1 and full support.
+# Rows at least this long start from the threshold of their largest entries.
+CANDIDATE_MIN_SIZE = 2048
+# How many of the largest entries: a row whose support is smaller is solved
+# by them alone (one more pass writes the output); a larger support still
+# starts Newton's method from their threshold, a tight lower bound.
+CANDIDATES = 16
+
+
+def initial_threshold(shifted: Any, row_total: Any, *, xp: Any) -> tuple[Any, Any]:
+    """A lower bound on the threshold, and the rows where it is exact."""
+    size = shifted.shape[-1]
+    # Two lower bounds: p_max <= 1 (the maximum is 0) and full support.
     tau = xp.clip((row_total - 1.0) / size, min=-1.0)
-    count = xp.full_like(tau, size + 1)
-    done = xp.zeros(tau.shape, dtype=xp.bool, device=device(scores))
+    if size < CANDIDATE_MIN_SIZE:
+        return tau, xp.zeros(tau.shape, dtype=xp.bool, device=device(shifted))
+    # The threshold of any subset is a lower bound (removing entries can only
+    # lower it); on the largest entries it is exact when the smallest of them
+    # gets probability 0, because every other entry lies below it too.
+    largest = largest_values(shifted, CANDIDATES, xp=xp)
+    subset_tau = threshold_last(largest, xp=xp)
+    exact = xp.min(largest, axis=-1, keepdims=True) <= subset_tau
+    return xp.maximum(tau, subset_tau), exact
+
+
+def threshold_last(shifted: Any, *, xp: Any) -> Any:
+    """The sparsemax threshold of rows whose maximum is 0 (no special rows)."""
+    size = shifted.shape[-1]
+    tau = xp.clip((xp.sum(shifted, axis=-1, keepdims=True) - 1.0) / size, min=-1.0)
+    return solve(shifted, tau, xp.zeros(tau.shape, dtype=xp.bool, device=device(shifted)), xp=xp)[0]
+
+
+def solve(shifted: Any, tau: Any, done: Any, *, xp: Any) -> tuple[Any, Any, Any, Any]:
+    """Newton's method from the lower bound ``tau``; rows in ``done`` are exact."""
+    count = xp.full_like(tau, shifted.shape[-1] + 1)
     state = newton_step(shifted, (tau, count, None, done), xp=xp)
-    state = while_loop(
+    return while_loop(  # type: ignore[no-any-return]
         lambda state: ~xp.all(state[3]),
         lambda state: newton_step(shifted, state, xp=xp),
         state,
         xp=xp,
     )
-    return apply_fix(state[2], fix, xp=xp)
+
+
+def sparsemax_last(scores: Any, *, xp: Any) -> Any:
+    """Sparsemax along the last axis of a floating array (no validation)."""
+    shifted, row_total, fix = prepare_rows(scores, xp=xp)
+    tau, exact = initial_threshold(shifted, row_total, xp=xp)
+    probs = solve(shifted, tau, exact, xp=xp)[2]
+    return apply_fix(probs, fix, xp=xp)
 
 
 def sparsemax_vjp_last(probs: Any, cotangent: Any, *, xp: Any) -> Any:

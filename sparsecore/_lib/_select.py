@@ -16,7 +16,7 @@ from array_api_compat import (
     is_torch_namespace,
 )
 
-__all__ = ["kth_largest", "kth_largest_generic"]
+__all__ = ["kth_largest", "kth_largest_generic", "largest_values"]
 
 
 def kth_largest_generic(x: Any, k: int, *, xp: Any) -> Any:
@@ -41,6 +41,21 @@ def kth_largest(x: Any, k: int, *, xp: Any) -> Any:
 
         return jax.lax.top_k(x, k)[0][..., k - 1 : k]
     return kth_largest_generic(x, k, xp=xp)
+
+
+def largest_values(x: Any, count: int, *, xp: Any) -> Any:
+    """The ``count`` largest entries of each row, in any order; shape (..., count)."""
+    size = x.shape[-1]
+    if is_torch_namespace(xp):
+        return x.topk(count, dim=-1, sorted=False).values
+    if is_numpy_namespace(xp) or is_cupy_namespace(xp):
+        native = _native_module(xp)
+        return native.partition(x, size - count, axis=-1)[..., size - count :]
+    if is_jax_namespace(xp):
+        import jax
+
+        return jax.lax.top_k(x, count)[0]
+    return xp.sort(x, axis=-1, descending=True)[..., :count]
 
 
 def _native_module(xp: Any) -> Any:
