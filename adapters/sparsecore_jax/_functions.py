@@ -6,11 +6,13 @@ import functools
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 import sparsecore
 from sparsecore._lib._validation import check_k, check_nan_policy, normalize_axis
 
-__all__ = ["sparsemax", "topk_is_exact", "topk_sparsemax"]
+__all__ = ["sparsemax", "topk_is_exact", "topk_sparsemax", "topk_sparsemax_structured"]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
@@ -47,6 +49,25 @@ def _topk_sparsemax_bwd(
 
 
 _topk_sparsemax.defvjp(_topk_sparsemax_fwd, _topk_sparsemax_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _topk_sparsemax_structured(t: jax.Array, structure: Any, k: int) -> tuple[jax.Array, jax.Array]:
+    return sparsecore.topk_sparsemax_structured(t, structure, k)  # type: ignore[no-any-return]
+
+
+def _topk_sparsemax_structured_fwd(t: jax.Array, structure: Any, k: int) -> Any:
+    probs, atoms = sparsecore.topk_sparsemax_structured(t, structure, k)
+    return (probs, atoms), (probs, atoms)
+
+
+def _topk_sparsemax_structured_bwd(structure: Any, k: int, residuals: Any, cotangents: Any) -> Any:
+    probs, atoms = residuals
+    grad_probs, _ = cotangents  # atoms are piecewise constant in t
+    return (sparsecore.topk_sparsemax_structured_vjp(probs, atoms, grad_probs),)
+
+
+_topk_sparsemax_structured.defvjp(_topk_sparsemax_structured_fwd, _topk_sparsemax_structured_bwd)
 
 
 def sparsemax(s: jax.Array, axis: int = -1, *, nan_policy: str = "propagate") -> jax.Array:
@@ -92,6 +113,26 @@ def topk_is_exact(probs: jax.Array, k: int, axis: int = -1) -> jax.Array:
 
 
 def _as_array(x: Any, name: str = "s") -> jax.Array:
-    if not isinstance(x, jax.Array):
-        raise TypeError(f"{name} must be a jax.Array, got {type(x).__name__}")
-    return x
+    if isinstance(x, jax.Array):
+        return x
+    if isinstance(x, np.ndarray | np.generic):
+        return jnp.asarray(x)
+    raise TypeError(f"{name} must be a jax.Array (or a NumPy array), got {type(x).__name__}")
+
+
+def topk_sparsemax_structured(t: jax.Array, structure: Any, k: int) -> tuple[jax.Array, jax.Array]:
+    """Sparsemax over the ``k`` best structures for variable scores ``t``.
+
+    The JAX binding of :func:`sparsecore.topk_sparsemax_structured`;
+    ``structure`` and ``k`` are static (structures are hashable).
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> from sparsecore import BitVector
+    >>> import sparsecore_jax
+    >>> probs, atoms = sparsecore_jax.topk_sparsemax_structured(jnp.array([0.9, -0.2]), BitVector(2), k=3)
+    >>> probs
+    Array([0.6, 0.4, 0. ], dtype=float32)
+    """
+    return _topk_sparsemax_structured(_as_array(t, "t"), structure, k)  # type: ignore[no-any-return]

@@ -4,7 +4,15 @@ Each function calls the core's forward and backward rules on the tensors
 themselves (same device, no copies) and works under ``torch.func``.
 """
 
-from ._functions import SparsemaxFunction, TopKSparsemaxFunction, sparsemax, topk_is_exact, topk_sparsemax
+from ._functions import (
+    SparsemaxFunction,
+    TopKSparsemaxFunction,
+    TopKSparsemaxStructuredFunction,
+    sparsemax,
+    topk_is_exact,
+    topk_sparsemax,
+    topk_sparsemax_structured,
+)
 from ._modules import Sparsemax, TopKSparsemax
 
 __all__ = [
@@ -12,7 +20,9 @@ __all__ = [
     "SparsemaxFunction",
     "TopKSparsemax",
     "TopKSparsemaxFunction",
+    "TopKSparsemaxStructuredFunction",
     "sparsemax",
     "topk_is_exact",
     "topk_sparsemax",
+    "topk_sparsemax_structured",
 ]

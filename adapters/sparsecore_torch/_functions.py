@@ -13,7 +13,7 @@ import torch
 import sparsecore
 from sparsecore._lib._validation import check_k, check_nan_policy, normalize_axis
 
-__all__ = ["sparsemax", "topk_is_exact", "topk_sparsemax"]
+__all__ = ["sparsemax", "topk_is_exact", "topk_sparsemax", "topk_sparsemax_structured"]
 
 
 def _vmap_dim(dim: int, ndim_unbatched: int) -> int:
@@ -79,6 +79,33 @@ class TopKSparsemaxFunction(torch.autograd.Function):
         return TopKSparsemaxFunction.apply(scores, k, _vmap_dim(dim, scores.ndim - 1), nan_policy), 0
 
 
+class TopKSparsemaxStructuredFunction(torch.autograd.Function):
+    """Structured top-k sparsemax; ``atoms`` is a non-differentiable output."""
+
+    @staticmethod
+    def forward(t: torch.Tensor, structure: Any, k: int) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        return sparsecore.topk_sparsemax_structured(t, structure, k)  # type: ignore[no-any-return]
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, torch.Tensor]) -> None:
+        probs, atoms = output
+        ctx.mark_non_differentiable(atoms)
+        ctx.save_for_backward(probs, atoms)
+
+    @staticmethod
+    def backward(ctx: Any, grad_probs: torch.Tensor, grad_atoms: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        probs, atoms = ctx.saved_tensors
+        return sparsecore.topk_sparsemax_structured_vjp(probs, atoms, grad_probs), None, None
+
+    @staticmethod
+    def vmap(info: Any, in_dims: tuple[Any, ...], t: torch.Tensor, structure: Any, k: int) -> Any:
+        (batch_dim, _, _) = in_dims
+        if batch_dim is None:
+            return TopKSparsemaxStructuredFunction.apply(t, structure, k), (None, None)
+        outputs = TopKSparsemaxStructuredFunction.apply(t.movedim(batch_dim, 0), structure, k)
+        return outputs, (0, 0)
+
+
 def sparsemax(s: torch.Tensor, dim: int = -1, *, nan_policy: str = "propagate") -> torch.Tensor:
     """Sparsemax of ``s`` along ``dim``, differentiable by autograd.
 
@@ -129,3 +156,24 @@ def topk_is_exact(probs: torch.Tensor, k: int, dim: int = -1) -> torch.Tensor:
 def _check_tensor(x: Any, name: str = "s") -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+
+
+def topk_sparsemax_structured(t: torch.Tensor, structure: Any, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sparsemax over the ``k`` best structures for variable scores ``t``.
+
+    The PyTorch binding of :func:`sparsecore.topk_sparsemax_structured`:
+    returns ``(probs, atoms)`` of shapes (..., k) and (..., k, D);
+    gradients flow into ``t`` through ``probs``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sparsecore import BitVector
+    >>> import sparsecore_torch
+    >>> t = torch.tensor([0.9, -0.2])
+    >>> probs, atoms = sparsecore_torch.topk_sparsemax_structured(t, BitVector(2), k=3)
+    >>> probs
+    tensor([0.6000, 0.4000, 0.0000])
+    """
+    _check_tensor(t, "t")
+    return TopKSparsemaxStructuredFunction.apply(t, structure, k)  # type: ignore[no-any-return]

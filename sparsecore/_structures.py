@@ -1,0 +1,167 @@
+"""Structures: sets of 0/1 vectors with argmax and k-best oracles.
+
+A structure ``z`` is represented by its 0/1 indicator ``a_z`` of length D and
+scored ``<a_z, t>``.  A structure class only needs two methods:
+
+``argmax(v)``
+    the best structure for scores ``v`` of shape (..., D), as a 0/1 array of
+    shape (..., D) in ``v``'s namespace and dtype (used by SparseMAP);
+``kbest(t, k)``
+    the ``k`` highest-scoring structures: ``(scores, atoms)`` of shapes
+    (..., k) and (..., k, D), best first; when fewer than ``k`` structures
+    exist the extra slots have score ``-inf`` and an all-zero atom (used by
+    structured top-k sparsemax).
+
+Both must use only array-API operations on the input's namespace (see
+:func:`array_api_compat.array_namespace`), with shapes fixed by D and k, so
+that they run on every backend and under ``jax.jit``.  Structures are
+immutable and hashable (frozen dataclasses) so that JAX can treat them as
+static arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from typing import Any, Protocol, runtime_checkable
+
+from array_api_compat import device
+
+from ._lib._namespace import array_namespace
+
+__all__ = ["BitVector", "Categorical", "Structure"]
+
+
+@runtime_checkable
+class Structure(Protocol):
+    """The protocol a structure implements (see the module documentation)."""
+
+    @property
+    def dim(self) -> int:
+        """D, the length of the indicator vectors."""
+        ...
+
+    def argmax(self, v: Any) -> Any:
+        """The best structure for scores ``v`` of shape (..., D)."""
+        ...
+
+    def kbest(self, t: Any, k: int) -> tuple[Any, Any]:
+        """The ``k`` best structures: scores (..., k) and atoms (..., k, D)."""
+        ...
+
+
+def _check_positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _check_scores(t: Any, dim: int, name: str = "t") -> Any:
+    xp = array_namespace(t)
+    if not xp.isdtype(t.dtype, "real floating"):
+        raise TypeError(f"{name} must have a real floating dtype, got dtype {t.dtype}")
+    if t.ndim == 0 or t.shape[-1] != dim:
+        raise ValueError(f"{name} must have shape (..., {dim}), got shape {t.shape}")
+    return xp
+
+
+def _one_hot(indices: Any, size: int, dtype: Any, *, xp: Any) -> Any:
+    positions = xp.arange(size, device=device(indices))
+    return xp.astype(indices[..., None] == positions, dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class Categorical:
+    """One of K categories: the atoms are the one-hot vectors of length K.
+
+    SparseMAP over it is sparsemax, and its k-best structures are the k
+    largest scores.
+    """
+
+    size: int
+
+    def __post_init__(self) -> None:
+        _check_positive_int(self.size, "size")
+
+    @property
+    def dim(self) -> int:
+        return self.size
+
+    def argmax(self, v: Any) -> Any:
+        xp = _check_scores(v, self.size, "v")
+        return _one_hot(xp.argmax(v, axis=-1), self.size, v.dtype, xp=xp)
+
+    def kbest(self, t: Any, k: int) -> tuple[Any, Any]:
+        xp = _check_scores(t, self.size)
+        count = min(k, self.size)
+        order = xp.argsort(t, axis=-1, descending=True, stable=True)[..., :count]
+        scores = xp.take_along_axis(t, order, axis=-1)
+        atoms = _one_hot(order, self.size, t.dtype, xp=xp)
+        return _pad(scores, atoms, k, xp=xp)
+
+
+@dataclasses.dataclass(frozen=True)
+class BitVector:
+    """Any subset of D binary variables: the atoms are all of {0, 1}^D.
+
+    The best structure sets ``z_i = [t_i >= 0]``, with score
+    ``sum_i max(t_i, 0)``; every other structure flips a set F of bits and
+    loses ``sum_{i in F} |t_i|``.  So the k best structures flip the k
+    smallest subset sums of ``|t|``, and only the k - 1 smallest ``|t_i|``
+    can take part: ``kbest`` merges their subset sums in O(k^2 log k).
+    """
+
+    size: int
+
+    def __post_init__(self) -> None:
+        _check_positive_int(self.size, "size")
+
+    @property
+    def dim(self) -> int:
+        return self.size
+
+    def argmax(self, v: Any) -> Any:
+        xp = _check_scores(v, self.size, "v")
+        return xp.astype(v >= 0, v.dtype)
+
+    def kbest(self, t: Any, k: int) -> tuple[Any, Any]:
+        xp = _check_scores(t, self.size)
+        k = _check_positive_int(k, "k")
+        dtype = t.dtype
+        best = xp.astype(t >= 0, dtype)
+        best_score = xp.sum(xp.where(t >= 0, t, xp.zeros_like(t)), axis=-1, keepdims=True)
+        magnitude = xp.abs(t)
+        used = min(k - 1, self.size)
+        order = xp.argsort(magnitude, axis=-1, stable=True)[..., :used]
+        costs = xp.take_along_axis(magnitude, order, axis=-1)  # ascending, (..., used)
+        batch = t.shape[:-1]
+        # The k smallest subset sums of ``costs`` and which costs they use,
+        # kept sorted; slot 0 is the empty flip (the best structure).
+        inf = xp.full((*batch, k - 1), xp.inf, dtype=dtype, device=device(t))
+        sums = xp.concat([xp.zeros((*batch, 1), dtype=dtype, device=device(t)), inf], axis=-1)
+        flips = xp.zeros((*batch, k, used), dtype=dtype, device=device(t))
+        for j in range(used):
+            with_j = _one_hot(xp.full((*batch, k), j, device=device(t)), used, dtype, xp=xp)
+            candidate_sums = xp.concat([sums, sums + costs[..., j : j + 1]], axis=-1)
+            candidate_flips = xp.concat([flips, xp.maximum(flips, with_j)], axis=-2)
+            keep = xp.argsort(candidate_sums, axis=-1, stable=True)[..., :k]
+            sums = xp.take_along_axis(candidate_sums, keep, axis=-1)
+            flips = xp.take_along_axis(candidate_flips, keep[..., None], axis=-2)
+        # Back from the ``used`` smallest costs to the D positions.
+        flipped = flips @ _one_hot(order, self.size, dtype, xp=xp)  # (..., k, D)
+        atoms = best[..., None, :] + flipped - 2.0 * best[..., None, :] * flipped
+        scores = best_score - sums
+        valid = xp.isfinite(sums)
+        atoms = xp.where(valid[..., None], atoms, xp.zeros_like(atoms))
+        return scores, atoms
+
+
+def _pad(scores: Any, atoms: Any, k: int, *, xp: Any) -> tuple[Any, Any]:
+    """Pad (..., m) scores and (..., m, D) atoms to k slots of -inf and zeros."""
+    missing = k - scores.shape[-1]
+    if missing <= 0:
+        return scores, atoms
+    batch = scores.shape[:-1]
+    pad_scores = xp.full((*batch, missing), -xp.inf, dtype=scores.dtype, device=device(scores))
+    pad_atoms = xp.zeros((*batch, missing, atoms.shape[-1]), dtype=atoms.dtype, device=device(atoms))
+    return xp.concat([scores, pad_scores], axis=-1), xp.concat([atoms, pad_atoms], axis=-2)
