@@ -7,19 +7,23 @@ floating dtype.  Framework bindings live in ``sparsecore_torch`` and
 ``sparsecore_jax``.
 """
 
+from ._sparsemap import sparsemap, sparsemap_vjp
 from ._sparsemax import sparsemax, sparsemax_vjp
 from ._structured_topk import (
     topk_sparsemax_structured,
     topk_sparsemax_structured_is_exact,
     topk_sparsemax_structured_vjp,
 )
-from ._structures import BitVector, Categorical, Structure
+from ._structures import BitVector, Budget, Categorical, Structure
 from ._topk import topk_is_exact, topk_sparsemax, topk_sparsemax_vjp
 
 __all__ = [
     "BitVector",
+    "Budget",
     "Categorical",
     "Structure",
+    "sparsemap",
+    "sparsemap_vjp",
     "sparsemax",
     "sparsemax_vjp",
     "topk_is_exact",

@@ -28,8 +28,9 @@ from typing import Any, Protocol, runtime_checkable
 from array_api_compat import device
 
 from ._lib._namespace import array_namespace
+from ._topk import topk_mask
 
-__all__ = ["BitVector", "Categorical", "Structure"]
+__all__ = ["BitVector", "Budget", "Categorical", "Structure"]
 
 
 @runtime_checkable
@@ -154,6 +155,39 @@ class BitVector:
         valid = xp.isfinite(sums)
         atoms = xp.where(valid[..., None], atoms, xp.zeros_like(atoms))
         return scores, atoms
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """Subsets of at most ``budget`` of D binary variables.
+
+    The best structure keeps the ``budget`` largest nonnegative scores (ties
+    by position), in O(D log D) through partial selection.  With
+    ``budget >= size`` it is :class:`BitVector`.  Its k-best oracle is not
+    written yet, so it serves SparseMAP (which needs only ``argmax``) and not
+    structured top-k.
+    """
+
+    size: int
+    budget: int
+
+    def __post_init__(self) -> None:
+        _check_positive_int(self.size, "size")
+        if isinstance(self.budget, bool) or not isinstance(self.budget, numbers.Integral) or self.budget < 0:
+            raise ValueError(f"budget must be a nonnegative integer, got {self.budget!r}")
+
+    @property
+    def dim(self) -> int:
+        return self.size
+
+    def argmax(self, v: Any) -> Any:
+        xp = _check_scores(v, self.size, "v")
+        nonnegative = v >= 0
+        if self.budget == 0:
+            return xp.zeros_like(v)
+        if self.budget < self.size:
+            nonnegative = nonnegative & topk_mask(v, self.budget, xp=xp)
+        return xp.astype(nonnegative, v.dtype)
 
 
 def _pad(scores: Any, atoms: Any, k: int, *, xp: Any) -> tuple[Any, Any]:

@@ -1,0 +1,248 @@
+"""SparseMAP: the projection onto the marginal polytope, by the active-set method."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from array_api_compat import device
+
+from ._lib._namespace import array_namespace, is_jax_namespace, quiet, while_loop
+from ._lib._validation import check_floating
+from ._structures import _check_positive_int
+
+__all__ = ["sparsemap", "sparsemap_vjp"]
+
+
+def sparsemap(
+    t: Any,
+    structure: Any,
+    *,
+    max_iter: int | None = None,
+    tol: float | None = None,
+    max_active: int | None = None,
+    return_converged: bool = False,
+) -> Any:
+    r"""SparseMAP: the sparse distribution over structures closest to ``t``.
+
+    .. math::
+
+        \mu^\star = \arg\min_{\mu \in \operatorname{conv}\{a_z\}} \|\mu - t\|_2^2,
+        \qquad \mu^\star = \sum_z \xi_z a_z,
+
+    found as a sparse convex combination of structures by the active-set
+    method, which needs only the structure's ``argmax`` oracle: solve the
+    equality-constrained QP on the active atoms (a bordered KKT system with
+    their Gram matrix), step back and drop atoms whose weight would turn
+    negative, else add the oracle's best atom for ``t - mu`` until the
+    duality gap is at most ``tol``.  The batch is solved together, each row
+    with its own active set; converged rows stop changing.
+
+    Parameters
+    ----------
+    t : array of shape (..., D)
+        Variable scores of a real floating dtype.
+    structure : BitVector, Budget, Categorical or any object with ``argmax``
+        The set of structures (see :class:`sparsecore.Structure`).
+    max_iter : int, optional
+        Most active-set iterations; default ``20 * (max_active + 1)``.
+    tol : float, optional
+        Relative duality-gap tolerance; the absolute one is
+        ``tol * (1 + ||t||^2)``.  Default ``100 * eps`` of the dtype.
+    max_active : int, optional
+        Number of slots M; default ``D + 1``, enough for an exact solution
+        (Carathéodory).  Fewer slots save work when supports are small; a row
+        that needs more does not converge.
+    return_converged : bool, default False
+        Also return a boolean array of shape (...) saying which rows
+        converged.  Without it an eager call raises ``RuntimeError`` if a row
+        did not converge; under ``jax.jit`` those rows' ``probs`` are NaN.
+
+    Returns
+    -------
+    probs : array of shape (..., M)
+        The weights :math:`\xi` of the slots, padding slots exactly 0.
+    atoms : array of shape (..., M, D)
+        The 0/1 structure of each slot (zeros for padding).
+    converged : boolean array of shape (...), only with ``return_converged``
+
+    References
+    ----------
+    .. [1] V. Niculae, A. F. T. Martins, M. Blondel and C. Cardie, "SparseMAP:
+       differentiable sparse structured inference", ICML 2018.
+    .. [2] G. M. Correia, V. Niculae, W. Aziz and A. F. T. Martins, "Efficient
+       marginalization of discrete and structured latent variables via
+       sparsity", NeurIPS 2020, section 4.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sparsecore import BitVector, sparsemap
+    >>> probs, atoms = sparsemap(np.array([0.9, -0.2, 0.5]), BitVector(3))
+    >>> probs @ atoms  # the marginals: clip(t, 0, 1) for bit-vectors
+    array([0.9, 0. , 0.5])
+    """
+    xp = array_namespace(t)
+    check_floating(t, "t", xp=xp)
+    if not (hasattr(structure, "argmax") and hasattr(structure, "dim")):
+        raise TypeError(f"structure must have an argmax method and a dim, got {type(structure).__name__}")
+    dim = structure.dim
+    if t.ndim == 0 or t.shape[-1] != dim:
+        raise ValueError(f"t must have shape (..., {dim}) for {structure!r}, got shape {t.shape}")
+    slots = dim + 1 if max_active is None else _check_positive_int(max_active, "max_active")
+    iterations = 20 * (slots + 1) if max_iter is None else _check_positive_int(max_iter, "max_iter")
+    if tol is None:
+        tol = 100.0 * float(xp.finfo(t.dtype).eps)
+    elif not (isinstance(tol, int | float) and tol >= 0):
+        raise ValueError(f"tol must be a nonnegative number, got {tol!r}")
+    batch = t.shape[:-1]
+    rows = xp.reshape(t, (-1, dim))
+    with quiet(xp):
+        probs, atoms, converged = _active_set(rows, structure, slots, iterations, float(tol), xp=xp)
+    probs = xp.reshape(probs, (*batch, slots))
+    atoms = xp.reshape(atoms, (*batch, slots, dim))
+    converged = xp.reshape(converged, batch)
+    if return_converged:
+        return probs, atoms, converged
+    if is_jax_namespace(xp):
+        nan = xp.full_like(probs, xp.nan)
+        return xp.where(converged[..., None], probs, nan), atoms
+    if not bool(xp.all(converged)):
+        failed = int(xp.sum(xp.astype(~converged, xp.int32)))
+        raise RuntimeError(
+            f"sparsemap did not converge on {failed} of {converged.size} rows within "
+            f"max_iter={iterations} iterations and max_active={slots} slots; raise them, "
+            "or pass return_converged=True to get the rows' status instead"
+        )
+    return probs, atoms
+
+
+def sparsemap_vjp(probs: Any, atoms: Any, grad_probs: Any, grad_marginals: Any = None) -> Any:
+    r"""Vector-Jacobian product of :func:`sparsemap` w.r.t. ``t``.
+
+    On the support S (slots with positive weight), with Gram matrix
+    :math:`G = A_S A_S^\top` and :math:`Z = G^{-1}`,
+
+    .. math::
+
+        \frac{\partial \xi_S}{\partial t} =
+        \Bigl(Z - \frac{Z \mathbf{1}\mathbf{1}^\top Z}{\mathbf{1}^\top Z \mathbf{1}}\Bigr) A_S,
+
+    applied through the bordered KKT system (never an explicit inverse).
+    The cotangent of the marginals :math:`\mu = A^\top \xi` enters as
+    :math:`g_\xi + A g_\mu`.
+
+    Parameters
+    ----------
+    probs, atoms : arrays of shapes (..., M) and (..., M, D)
+        The outputs of :func:`sparsemap`.
+    grad_probs : array of shape (..., M)
+        Cotangent of ``probs``.
+    grad_marginals : array of shape (..., D), optional
+        Cotangent of the marginals ``mu = sum_m probs[m] * atoms[m]``.
+
+    Returns
+    -------
+    grad_t : array of shape (..., D)
+    """
+    xp = array_namespace(probs, atoms, grad_probs)
+    if tuple(grad_probs.shape) != tuple(probs.shape):
+        raise ValueError(f"grad_probs must have the shape of probs, got {grad_probs.shape} and {probs.shape}")
+    cotangent = grad_probs
+    if grad_marginals is not None:
+        if tuple(grad_marginals.shape) != (*probs.shape[:-1], atoms.shape[-1]):
+            raise ValueError(
+                f"grad_marginals must have shape {(*probs.shape[:-1], atoms.shape[-1])}, "
+                f"got {grad_marginals.shape}"
+            )
+        cotangent = cotangent + (atoms @ grad_marginals[..., None])[..., 0]
+    support = xp.astype(probs > 0, probs.dtype)
+    with quiet(xp):
+        weights = _kkt_solve(atoms, support, cotangent * support, 0.0, xp=xp)
+    return (weights[..., None, :] @ atoms)[..., 0, :]
+
+
+def _kkt_solve(atoms: Any, active: Any, rhs: Any, total: float, *, xp: Any) -> Any:
+    """Solve min ||A^T x||^2 - 2 rhs.x subject to sum(x) = total on active slots.
+
+    The bordered system ``[[G, 1], [1^T, 0]] [x; nu] = [rhs; total]`` with
+    ``G = A A^T`` restricted to the ``active`` slots (0/1 floats); inactive
+    slots get identity rows, so their ``x`` is 0.
+    """
+    slots = atoms.shape[-2]
+    dtype = atoms.dtype
+    batch = atoms.shape[:-2]
+    gram = atoms @ xp.matrix_transpose(atoms)
+    eye = xp.eye(slots, dtype=dtype, device=device(atoms))
+    inactive = 1.0 - active
+    gram = gram * active[..., :, None] * active[..., None, :] + eye * inactive[..., :, None]
+    border = active[..., :, None]
+    corner = xp.zeros((*batch, 1, 1), dtype=dtype, device=device(atoms))
+    top = xp.concat([gram, border], axis=-1)
+    bottom = xp.concat([xp.matrix_transpose(border), corner], axis=-1)
+    system = xp.concat([top, bottom], axis=-2)
+    last = xp.full((*batch, 1), total, dtype=dtype, device=device(atoms))
+    solution = xp.linalg.solve(system, xp.concat([rhs * active, last], axis=-1)[..., None])[..., 0]
+    return solution[..., :slots] * active
+
+
+def _active_set(
+    t: Any, structure: Any, slots: int, max_iter: int, tol: float, *, xp: Any
+) -> tuple[Any, Any, Any]:
+    """The batched active-set loop on rows ``t`` of shape (N, D)."""
+    rows, dim = t.shape
+    dtype = t.dtype
+    dev = device(t)
+    gap_tol = tol * (1.0 + xp.sum(t * t, axis=-1))
+    first = structure.argmax(t)
+    atoms = xp.concat([first[:, None, :], xp.zeros((rows, slots - 1, dim), dtype=dtype, device=dev)], axis=-2)
+    positions = xp.arange(slots, device=dev)
+    active = positions[None, :] == xp.zeros((rows, 1), dtype=positions.dtype, device=dev)
+    weights = xp.astype(active, dtype)
+    done = xp.zeros((rows,), dtype=xp.bool, device=dev)
+    converged = xp.zeros((rows,), dtype=xp.bool, device=dev)
+    count = xp.zeros((), dtype=xp.int32, device=dev)
+
+    def cond(state: tuple[Any, ...]) -> Any:
+        *_, done, _, count = state
+        return ~xp.all(done) & (count < max_iter)
+
+    def body(state: tuple[Any, ...]) -> tuple[Any, ...]:
+        weights, atoms, active, done, converged, count = state
+        solved = _kkt_solve(atoms, xp.astype(active, dtype), (atoms @ t[:, :, None])[..., 0], 1.0, xp=xp)
+        # Step back towards the solution when a weight would turn negative.
+        negative = active & (solved < 0)
+        backtrack = xp.any(negative, axis=-1)
+        safe_gap = xp.where(negative, weights - solved, xp.ones_like(weights))
+        ratio = xp.where(negative, weights / safe_gap, xp.full_like(weights, xp.inf))
+        step = xp.min(ratio, axis=-1, keepdims=True)
+        stepped = weights + xp.where(backtrack[:, None], step, xp.ones_like(step)) * (solved - weights)
+        dropped = negative & (ratio <= step)
+        stepped = xp.where(dropped | ~active, xp.zeros_like(stepped), xp.clip(stepped, min=0.0))
+        # Otherwise ask the oracle for the best atom against the residual.
+        marginals = (solved[:, None, :] @ atoms)[:, 0, :]
+        residual = t - marginals
+        candidate = structure.argmax(residual)
+        gap = xp.sum((candidate - marginals) * residual, axis=-1)
+        known = xp.any(active & xp.all(atoms == candidate[:, None, :], axis=-1), axis=-1)
+        optimal = ~backtrack & ((gap <= gap_tol) | known)
+        free = ~active
+        has_free = xp.any(free, axis=-1)
+        first_free = xp.argmax(xp.astype(free, xp.int32), axis=-1)
+        new_slot = (positions[None, :] == first_free[:, None]) & has_free[:, None]
+        grow = ~done & ~backtrack & ~optimal & has_free
+        stuck = ~done & ~backtrack & ~optimal & ~has_free
+        live = ~done
+        weights = xp.where(
+            (live & backtrack)[:, None], stepped, xp.where((live & ~backtrack)[:, None], solved, weights)
+        )
+        atoms = xp.where((grow[:, None] & new_slot)[:, :, None], candidate[:, None, :], atoms)
+        active = xp.where((live & backtrack)[:, None], active & ~dropped, active | (grow[:, None] & new_slot))
+        converged = converged | (live & optimal)
+        done = done | (live & optimal) | stuck
+        return weights, atoms, active, done, converged, count + 1
+
+    state = (weights, atoms, active, done, converged, count)
+    weights, atoms, active, done, converged, count = while_loop(cond, body, state, xp=xp)
+    weights = xp.where(active, weights, xp.zeros_like(weights))
+    atoms = xp.where(active[:, :, None], atoms, xp.zeros_like(atoms))
+    return weights, atoms, converged
