@@ -243,6 +243,8 @@ def _active_set(
 
     state = (weights, atoms, active, done, converged, count)
     weights, atoms, active, done, converged, count = while_loop(cond, body, state, xp=xp)
+    # Degenerate atoms that ended with weight 0 become padding slots too.
+    active = active & (weights > 0)
     weights = xp.where(active, weights, xp.zeros_like(weights))
     atoms = xp.where(active[:, :, None], atoms, xp.zeros_like(atoms))
     return weights, atoms, converged

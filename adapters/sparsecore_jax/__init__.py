@@ -4,6 +4,6 @@ Every function works under ``jax.jit``, ``jax.vmap`` and ``jax.grad``; the
 solvers' data-dependent stopping becomes a bounded ``lax.while_loop``.
 """
 
-from ._functions import sparsemax, topk_is_exact, topk_sparsemax, topk_sparsemax_structured
+from ._functions import sparsemap, sparsemax, topk_is_exact, topk_sparsemax, topk_sparsemax_structured
 
-__all__ = ["sparsemax", "topk_is_exact", "topk_sparsemax", "topk_sparsemax_structured"]
+__all__ = ["sparsemap", "sparsemax", "topk_is_exact", "topk_sparsemax", "topk_sparsemax_structured"]

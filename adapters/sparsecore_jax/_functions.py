@@ -12,7 +12,7 @@ import numpy as np
 import sparsecore
 from sparsecore._lib._validation import check_k, check_nan_policy, normalize_axis
 
-__all__ = ["sparsemax", "topk_is_exact", "topk_sparsemax", "topk_sparsemax_structured"]
+__all__ = ["sparsemap", "sparsemax", "topk_is_exact", "topk_sparsemax", "topk_sparsemax_structured"]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
@@ -68,6 +68,27 @@ def _topk_sparsemax_structured_bwd(structure: Any, k: int, residuals: Any, cotan
 
 
 _topk_sparsemax_structured.defvjp(_topk_sparsemax_structured_fwd, _topk_sparsemax_structured_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def _sparsemap(t: jax.Array, structure: Any, max_iter: Any, tol: Any, max_active: Any) -> Any:
+    return sparsecore.sparsemap(t, structure, max_iter=max_iter, tol=tol, max_active=max_active)
+
+
+def _sparsemap_fwd(t: jax.Array, structure: Any, max_iter: Any, tol: Any, max_active: Any) -> Any:
+    probs, atoms = sparsecore.sparsemap(t, structure, max_iter=max_iter, tol=tol, max_active=max_active)
+    return (probs, atoms), (probs, atoms)
+
+
+def _sparsemap_bwd(
+    structure: Any, max_iter: Any, tol: Any, max_active: Any, residuals: Any, cotangents: Any
+) -> Any:
+    probs, atoms = residuals
+    grad_probs, _ = cotangents  # atoms are piecewise constant in t
+    return (sparsecore.sparsemap_vjp(probs, atoms, grad_probs),)
+
+
+_sparsemap.defvjp(_sparsemap_fwd, _sparsemap_bwd)
 
 
 def sparsemax(s: jax.Array, axis: int = -1, *, nan_policy: str = "propagate") -> jax.Array:
@@ -136,3 +157,30 @@ def topk_sparsemax_structured(t: jax.Array, structure: Any, k: int) -> tuple[jax
     Array([0.6, 0.4, 0. ], dtype=float32)
     """
     return _topk_sparsemax_structured(_as_array(t, "t"), structure, k)  # type: ignore[no-any-return]
+
+
+def sparsemap(
+    t: jax.Array,
+    structure: Any,
+    *,
+    max_iter: int | None = None,
+    tol: float | None = None,
+    max_active: int | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """SparseMAP distribution over structures for variable scores ``t``.
+
+    The JAX binding of :func:`sparsecore.sparsemap`; the active-set loop is a
+    bounded ``lax.while_loop``, so it works under ``jax.jit`` and
+    ``jax.vmap``.  A row that does not converge within ``max_iter`` gets NaN
+    ``probs`` (it is never returned silently).
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> from sparsecore import BitVector
+    >>> import sparsecore_jax
+    >>> probs, atoms = sparsecore_jax.sparsemap(jnp.array([0.9, -0.2, 0.5]), BitVector(3))
+    >>> probs @ atoms
+    Array([0.9, 0. , 0.5], dtype=float32)
+    """
+    return _sparsemap(_as_array(t, "t"), structure, max_iter, tol, max_active)  # type: ignore[no-any-return]

@@ -5,9 +5,11 @@ themselves (same device, no copies) and works under ``torch.func``.
 """
 
 from ._functions import (
+    SparseMAPFunction,
     SparsemaxFunction,
     TopKSparsemaxFunction,
     TopKSparsemaxStructuredFunction,
+    sparsemap,
     sparsemax,
     topk_is_exact,
     topk_sparsemax,
@@ -16,11 +18,13 @@ from ._functions import (
 from ._modules import Sparsemax, TopKSparsemax
 
 __all__ = [
+    "SparseMAPFunction",
     "Sparsemax",
     "SparsemaxFunction",
     "TopKSparsemax",
     "TopKSparsemaxFunction",
     "TopKSparsemaxStructuredFunction",
+    "sparsemap",
     "sparsemax",
     "topk_is_exact",
     "topk_sparsemax",

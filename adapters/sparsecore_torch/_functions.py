@@ -13,7 +13,7 @@ import torch
 import sparsecore
 from sparsecore._lib._validation import check_k, check_nan_policy, normalize_axis
 
-__all__ = ["sparsemax", "topk_is_exact", "topk_sparsemax", "topk_sparsemax_structured"]
+__all__ = ["sparsemap", "sparsemax", "topk_is_exact", "topk_sparsemax", "topk_sparsemax_structured"]
 
 
 def _vmap_dim(dim: int, ndim_unbatched: int) -> int:
@@ -106,6 +106,45 @@ class TopKSparsemaxStructuredFunction(torch.autograd.Function):
         return outputs, (0, 0)
 
 
+class SparseMAPFunction(torch.autograd.Function):
+    """SparseMAP by the active-set method; ``atoms`` is non-differentiable."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        t: torch.Tensor, structure: Any, max_iter: Any, tol: Any, max_active: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return sparsecore.sparsemap(  # type: ignore[no-any-return]
+            t, structure, max_iter=max_iter, tol=tol, max_active=max_active
+        )
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, torch.Tensor]) -> None:
+        probs, atoms = output
+        ctx.mark_non_differentiable(atoms)
+        ctx.save_for_backward(probs, atoms)
+
+    @staticmethod
+    def backward(ctx: Any, grad_probs: torch.Tensor, grad_atoms: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        probs, atoms = ctx.saved_tensors
+        return sparsecore.sparsemap_vjp(probs, atoms, grad_probs), None, None, None, None
+
+    @staticmethod
+    def vmap(
+        info: Any,
+        in_dims: tuple[Any, ...],
+        t: torch.Tensor,
+        structure: Any,
+        max_iter: Any,
+        tol: Any,
+        max_active: Any,
+    ) -> Any:
+        batch_dim = in_dims[0]
+        if batch_dim is None:
+            return SparseMAPFunction.apply(t, structure, max_iter, tol, max_active), (None, None)
+        outputs = SparseMAPFunction.apply(t.movedim(batch_dim, 0), structure, max_iter, tol, max_active)
+        return outputs, (0, 0)
+
+
 def sparsemax(s: torch.Tensor, dim: int = -1, *, nan_policy: str = "propagate") -> torch.Tensor:
     """Sparsemax of ``s`` along ``dim``, differentiable by autograd.
 
@@ -177,3 +216,32 @@ def topk_sparsemax_structured(t: torch.Tensor, structure: Any, k: int) -> tuple[
     """
     _check_tensor(t, "t")
     return TopKSparsemaxStructuredFunction.apply(t, structure, k)  # type: ignore[no-any-return]
+
+
+def sparsemap(
+    t: torch.Tensor,
+    structure: Any,
+    *,
+    max_iter: int | None = None,
+    tol: float | None = None,
+    max_active: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SparseMAP distribution over structures for variable scores ``t``.
+
+    The PyTorch binding of :func:`sparsecore.sparsemap`: returns ``(probs,
+    atoms)`` of shapes (..., M) and (..., M, D), raising ``RuntimeError`` if
+    a row does not converge.  Gradients flow into ``t`` through ``probs``;
+    the marginals ``(probs[..., None] * atoms).sum(-2)`` are differentiable
+    too.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sparsecore import BitVector
+    >>> import sparsecore_torch
+    >>> probs, atoms = sparsecore_torch.sparsemap(torch.tensor([0.9, -0.2, 0.5]), BitVector(3))
+    >>> (probs[:, None] * atoms).sum(0)
+    tensor([0.9000, 0.0000, 0.5000])
+    """
+    _check_tensor(t, "t")
+    return SparseMAPFunction.apply(t, structure, max_iter, tol, max_active)  # type: ignore[no-any-return]

@@ -1,0 +1,252 @@
+"""SparseMAP against closed forms, enumeration and finite differences."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from backends import assert_close, to_numpy
+from reference import sparsemax_sort
+
+from sparsecore import BitVector, Budget, Categorical, sparsemap, sparsemap_vjp
+
+
+def budget_projection(t: np.ndarray, budget: int) -> np.ndarray:
+    """Projection onto {0 <= mu <= 1, sum(mu) <= budget}, by bisection on the multiplier."""
+    out = np.empty_like(t)
+    for row, values in enumerate(t.reshape(-1, t.shape[-1])):
+        if np.clip(values, 0, 1).sum() <= budget:
+            out.reshape(-1, t.shape[-1])[row] = np.clip(values, 0, 1)
+            continue
+        low, high = 0.0, float(np.max(values)) + 1.0
+        for _ in range(200):
+            middle = (low + high) / 2
+            if np.clip(values - middle, 0, 1).sum() > budget:
+                low = middle
+            else:
+                high = middle
+        out.reshape(-1, t.shape[-1])[row] = np.clip(values - high, 0, 1)
+    return out
+
+
+def marginals(probs, atoms) -> np.ndarray:
+    return np.einsum("...m,...md->...d", to_numpy(probs), to_numpy(atoms))
+
+
+def closed_form(t: np.ndarray, structure) -> np.ndarray:
+    if isinstance(structure, BitVector):
+        return np.clip(t, 0, 1)
+    if isinstance(structure, Budget):
+        return budget_projection(t, structure.budget)
+    return sparsemax_sort(t)
+
+
+def check_atoms(probs, atoms, structure) -> None:
+    probs, atoms = to_numpy(probs), to_numpy(atoms)
+    assert set(np.unique(atoms)) <= {0.0, 1.0}
+    assert np.all(probs >= 0)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-9)
+    assert np.all(atoms[probs == 0] == 0)
+    used = atoms[probs > 0]
+    if isinstance(structure, Budget):
+        assert np.all(used.sum(-1) <= structure.budget)
+    if isinstance(structure, Categorical):
+        assert np.all(used.sum(-1) == 1)
+
+
+STRUCTURES = [
+    BitVector(1),
+    BitVector(7),
+    Budget(7, 0),
+    Budget(7, 2),
+    Budget(7, 7),
+    Budget(7, 10),
+    Categorical(1),
+    Categorical(6),
+]
+
+
+@pytest.mark.parametrize("structure", STRUCTURES, ids=repr)
+def test_marginals_match_closed_forms(xp, make, structure):
+    rng = np.random.default_rng(structure.dim)
+    t = rng.standard_normal((2, 3, structure.dim)) * 1.5
+    probs, atoms = sparsemap(make(t), structure)
+    assert type(probs) is type(make(t))
+    assert probs.shape == (2, 3, structure.dim + 1) and atoms.shape == (
+        2,
+        3,
+        structure.dim + 1,
+        structure.dim,
+    )
+    check_atoms(probs, atoms, structure)
+    assert_close(
+        np.einsum("...m,...md->...d", to_numpy(probs), to_numpy(atoms)), closed_form(t, structure), "float64"
+    )
+
+
+@pytest.mark.parametrize("structure", [BitVector(5), Budget(5, 2), Categorical(5)], ids=repr)
+def test_vjp_matches_finite_differences_of_marginals(xp, make, structure):
+    rng = np.random.default_rng(4)
+    t = rng.standard_normal((3, 5))
+    cotangent = rng.standard_normal((3, 5))
+    probs, atoms = sparsemap(make(t), structure)
+    grad = to_numpy(sparsemap_vjp(probs, atoms, make(np.zeros((3, 6))), make(cotangent)))
+    eps = 1e-6
+    numeric = np.zeros_like(t)
+    for index in np.ndindex(*t.shape):
+        step = np.zeros_like(t)
+        step[index] = eps
+        upper = np.sum(closed_form(t + step, structure) * cotangent)
+        lower = np.sum(closed_form(t - step, structure) * cotangent)
+        numeric[index] = (upper - lower) / (2 * eps)
+    np.testing.assert_allclose(grad, numeric, atol=1e-6)
+
+
+def test_vjp_of_probs_matches_finite_differences():
+    rng = np.random.default_rng(8)
+    t = rng.standard_normal((2, 4))
+    structure = Budget(4, 2)
+    probs, atoms = sparsemap(t, structure)
+    cotangent = rng.standard_normal(probs.shape)
+    grad = sparsemap_vjp(probs, atoms, cotangent)
+
+    def objective(values: np.ndarray) -> float:
+        # Match slots by their atom: the support does not change for small steps.
+        new_probs, new_atoms = sparsemap(values, structure)
+        total = 0.0
+        for row in range(2):
+            for slot in np.flatnonzero(new_probs[row] > 0):
+                same = np.flatnonzero((atoms[row] == new_atoms[row, slot]).all(-1) & (probs[row] > 0))
+                assert len(same) == 1
+                total += new_probs[row, slot] * cotangent[row, same[0]]
+        return total
+
+    eps = 1e-6
+    numeric = np.zeros_like(t)
+    for index in np.ndindex(*t.shape):
+        step = np.zeros_like(t)
+        step[index] = eps
+        numeric[index] = (objective(t + step) - objective(t - step)) / (2 * eps)
+    np.testing.assert_allclose(grad, numeric, atol=1e-6)
+
+
+def test_bitvector_atoms_against_enumeration():
+    # Every returned atom is one of the 2^D structures and mu is in their hull.
+    rng = np.random.default_rng(2)
+    t = rng.standard_normal((6, 4))
+    probs, atoms = sparsemap(t, BitVector(4))
+    structures = {tuple(z) for z in itertools.product([0.0, 1.0], repeat=4)}
+    for row in range(6):
+        for slot in np.flatnonzero(probs[row] > 0):
+            assert tuple(atoms[row, slot]) in structures
+
+
+def test_scores_near_zero_and_ties():
+    t = np.array([[0.0, 0.0, 0.0], [1e-12, -1e-12, 0.5], [0.5, 0.5, 0.5], [1.0, 1.0, 1.0]])
+    for structure in (BitVector(3), Budget(3, 1), Categorical(3)):
+        probs, atoms = sparsemap(t, structure)
+        check_atoms(probs, atoms, structure)
+        np.testing.assert_allclose(marginals(probs, atoms), closed_form(t, structure), atol=1e-9)
+
+
+def test_float32(xp, make):
+    rng = np.random.default_rng(6)
+    t = rng.standard_normal((4, 12))
+    probs, atoms = sparsemap(make(t, "float32"), Budget(12, 3))
+    assert to_numpy(probs).dtype == np.float32
+    np.testing.assert_allclose(marginals(probs, atoms), budget_projection(t, 3), atol=1e-4)
+
+
+def test_non_convergence_is_reported():
+    t = np.random.default_rng(0).standard_normal((3, 8))
+    with pytest.raises(RuntimeError, match="max_iter"):
+        sparsemap(t, BitVector(8), max_iter=1)
+    _, _, converged = sparsemap(t, BitVector(8), max_iter=1, return_converged=True)
+    assert converged.shape == (3,) and not converged.any()
+    _, _, converged = sparsemap(t, BitVector(8), return_converged=True)
+    assert converged.all()
+    with pytest.raises(RuntimeError, match="max_active"):
+        sparsemap(np.full((1, 8), 0.5) + np.linspace(0, 0.3, 8), BitVector(8), max_active=2)
+
+
+def test_jax_marks_unconverged_rows_nan(jax_module):
+    import jax.numpy as jnp
+
+    t = jnp.asarray(np.random.default_rng(0).standard_normal((3, 8)))
+    probs, _ = jax_module.jit(lambda v: sparsemap(v, BitVector(8), max_iter=1))(t)
+    assert np.isnan(np.asarray(probs)).all()
+
+
+def test_large_batch():
+    rng = np.random.default_rng(0)
+    # Scores of scale 6 leave about 8 of 128 marginals fractional per row,
+    # so 24 slots hold every row's support.
+    t = 6.0 * rng.standard_normal((10_000, 128))
+    probs, atoms = sparsemap(t, BitVector(128), max_active=24)
+    np.testing.assert_allclose(np.einsum("bm,bmd->bd", probs, atoms), np.clip(t, 0, 1), atol=1e-9)
+
+
+def test_bad_arguments():
+    t = np.zeros((2, 3))
+    with pytest.raises(ValueError, match=r"\(\.\.\., 4\)"):
+        sparsemap(t, BitVector(4))
+    with pytest.raises(TypeError, match="structure"):
+        sparsemap(t, "bits")
+    with pytest.raises(ValueError, match="max_iter"):
+        sparsemap(t, BitVector(3), max_iter=0)
+    with pytest.raises(ValueError, match="tol"):
+        sparsemap(t, BitVector(3), tol=-1.0)
+    with pytest.raises(TypeError, match="floating"):
+        sparsemap(np.zeros((2, 3), dtype=np.int32), BitVector(3))
+    with pytest.raises(ValueError, match="budget"):
+        Budget(3, -1)
+
+
+def test_torch_adapter(torch):
+    import sparsecore_torch
+
+    rng = np.random.default_rng(1)
+    t = torch.tensor(rng.standard_normal((3, 5)), requires_grad=True)
+
+    def mu(values):
+        probs, atoms = sparsecore_torch.sparsemap(values, Budget(5, 2))
+        return (probs[..., None] * atoms).sum(-2)
+
+    assert torch.autograd.gradcheck(mu, (t,))
+    assert torch.autograd.gradcheck(lambda v: sparsecore_torch.sparsemap(v, BitVector(5))[0], (t,))
+    np.testing.assert_allclose(mu(t).detach().numpy(), budget_projection(t.detach().numpy(), 2), atol=1e-12)
+    batched = torch.func.vmap(mu)(t.detach())
+    np.testing.assert_allclose(batched.numpy(), mu(t.detach()).numpy(), atol=1e-12)
+    per_row = torch.func.vmap(torch.func.jacrev(mu))(t.detach())
+    values = t.detach().numpy()
+    eps = 1e-6
+    for row in range(3):
+        numeric = np.stack(
+            [
+                (budget_projection(values[row] + eps * e, 2) - budget_projection(values[row] - eps * e, 2))
+                / (2 * eps)
+                for e in np.eye(5)
+            ],
+            axis=-1,
+        )
+        np.testing.assert_allclose(per_row[row].numpy(), numeric, atol=1e-6)
+
+
+def test_jax_adapter(jax_module):
+    import jax.numpy as jnp
+    import sparsecore_jax
+    from jax.test_util import check_grads
+
+    rng = np.random.default_rng(2)
+    t = jnp.asarray(rng.standard_normal((3, 5)))
+
+    def mu(values):
+        probs, atoms = sparsecore_jax.sparsemap(values, Budget(5, 2))
+        return jnp.einsum("...m,...md->...d", probs, atoms)
+
+    check_grads(mu, (t,), order=1, modes=["rev"])
+    np.testing.assert_allclose(
+        np.asarray(jax_module.jit(mu)(t)), budget_projection(np.asarray(t), 2), atol=1e-12
+    )
+    np.testing.assert_allclose(np.asarray(jax_module.vmap(mu)(t)), np.asarray(mu(t)), atol=1e-12)
