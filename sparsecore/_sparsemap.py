@@ -20,6 +20,7 @@ def sparsemap(
     max_iter: int | None = None,
     tol: float | None = None,
     max_active: int | None = None,
+    method: str = "auto",
     return_converged: bool = False,
 ) -> Any:
     r"""SparseMAP: the sparse distribution over structures closest to ``t``.
@@ -52,6 +53,12 @@ def sparsemap(
         Number of slots M; default ``D + 1``, enough for an exact solution
         (Carathéodory).  Fewer slots save work when supports are small; a row
         that needs more does not converge.
+    method : {"auto", "active_set"}, default "auto"
+        ``"auto"`` uses the structure's closed form when it has one (a
+        ``sparsemap_closed_form`` method, as :class:`BitVector` does) and the
+        active-set method otherwise; ``"active_set"`` always iterates.
+        SparseMAP's marginals are unique but its decomposition into atoms
+        need not be: the two may return different atoms with equal marginals.
     return_converged : bool, default False
         Also return a boolean array of shape (...) saying which rows
         converged.  Without it an eager call raises ``RuntimeError`` if a row
@@ -94,10 +101,16 @@ def sparsemap(
         tol = 100.0 * float(xp.finfo(t.dtype).eps)
     elif not (isinstance(tol, int | float) and tol >= 0):
         raise ValueError(f"tol must be a nonnegative number, got {tol!r}")
+    if method not in ("auto", "active_set"):
+        raise ValueError(f"method must be 'auto' or 'active_set', got {method!r}")
     batch = t.shape[:-1]
     rows = xp.reshape(t, (-1, dim))
     with quiet(xp):
-        probs, atoms, converged = _active_set(rows, structure, slots, iterations, float(tol), xp=xp)
+        if method == "auto" and hasattr(structure, "sparsemap_closed_form"):
+            probs, atoms = structure.sparsemap_closed_form(rows)
+            probs, atoms, converged = _keep_largest(probs, atoms, slots, xp=xp)
+        else:
+            probs, atoms, converged = _active_set(rows, structure, slots, iterations, float(tol), xp=xp)
     probs = xp.reshape(probs, (*batch, slots))
     atoms = xp.reshape(atoms, (*batch, slots, dim))
     converged = xp.reshape(converged, batch)
@@ -159,6 +172,28 @@ def sparsemap_vjp(probs: Any, atoms: Any, grad_probs: Any, grad_marginals: Any =
     with quiet(xp):
         weights = _kkt_solve(atoms, support, cotangent * support, 0.0, xp=xp)
     return (weights[..., None, :] @ atoms)[..., 0, :]
+
+
+def _keep_largest(probs: Any, atoms: Any, slots: int, *, xp: Any) -> tuple[Any, Any, Any]:
+    """Keep the ``slots`` heaviest slots; a row that loses weight did not fit."""
+    if probs.shape[-1] == slots:
+        return probs, atoms, xp.ones(probs.shape[:-1], dtype=xp.bool, device=device(probs))
+    order = xp.argsort(probs, axis=-1, descending=True, stable=True)
+    probs = xp.take_along_axis(probs, order, axis=-1)
+    atoms = xp.take_along_axis(atoms, order[..., None], axis=-2)
+    if probs.shape[-1] < slots:
+        missing = slots - probs.shape[-1]
+        pad = xp.zeros((*probs.shape[:-1], missing), dtype=probs.dtype, device=device(probs))
+        pad_atoms = xp.zeros(
+            (*atoms.shape[:-2], missing, atoms.shape[-1]), dtype=atoms.dtype, device=device(atoms)
+        )
+        return (
+            xp.concat([probs, pad], axis=-1),
+            xp.concat([atoms, pad_atoms], axis=-2),
+            xp.ones(probs.shape[:-1], dtype=xp.bool, device=device(probs)),
+        )
+    fits = xp.all(probs[..., slots:] == 0, axis=-1)
+    return probs[..., :slots], atoms[..., :slots, :], fits
 
 
 def _kkt_solve(atoms: Any, active: Any, rhs: Any, total: float, *, xp: Any) -> Any:

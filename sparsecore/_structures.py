@@ -125,6 +125,31 @@ class BitVector:
         xp = _check_scores(v, self.size, "v")
         return xp.astype(v >= 0, v.dtype)
 
+    def sparsemap_closed_form(self, t: Any) -> tuple[Any, Any]:
+        """SparseMAP in closed form: ``mu = clip(t, 0, 1)`` as nested atoms.
+
+        With the clipped scores sorted, ``u_(1) >= ... >= u_(D)``, the atoms
+        are the empty set (weight ``1 - u_(1)``) and the prefixes of the
+        sorted order (prefix j has weight ``u_(j) - u_(j+1)``): D + 1 slots,
+        zero-weight slots as padding.  O(D log D).
+        """
+        xp = _check_scores(t, self.size)
+        clipped = xp.clip(t, min=0.0, max=1.0)
+        order = xp.argsort(clipped, axis=-1, descending=True, stable=True)
+        ordered = xp.take_along_axis(clipped, order, axis=-1)
+        batch = t.shape[:-1]
+        one = xp.ones((*batch, 1), dtype=t.dtype, device=device(t))
+        zero = xp.zeros((*batch, 1), dtype=t.dtype, device=device(t))
+        upper = xp.concat([one, ordered], axis=-1)
+        lower = xp.concat([ordered, zero], axis=-1)
+        probs = upper - lower  # (..., D + 1): empty set, then prefixes of length 1..D
+        rank = xp.argsort(order, axis=-1, stable=True)  # position of each variable in the order
+        lengths = xp.arange(self.size + 1, device=device(t))
+        atoms = xp.astype(rank[..., None, :] < lengths[:, None], t.dtype)
+        used = probs > 0
+        probs = xp.where(used, probs, xp.zeros_like(probs))
+        return probs, xp.where(used[..., None], atoms, xp.zeros_like(atoms))
+
     def kbest(self, t: Any, k: int) -> tuple[Any, Any]:
         xp = _check_scores(t, self.size)
         k = _check_positive_int(k, "k")

@@ -161,20 +161,20 @@ def test_float32(xp, make):
 def test_non_convergence_is_reported():
     t = np.random.default_rng(0).standard_normal((3, 8))
     with pytest.raises(RuntimeError, match="max_iter"):
-        sparsemap(t, BitVector(8), max_iter=1)
-    _, _, converged = sparsemap(t, BitVector(8), max_iter=1, return_converged=True)
+        sparsemap(t, BitVector(8), max_iter=1, method="active_set")
+    _, _, converged = sparsemap(t, BitVector(8), max_iter=1, method="active_set", return_converged=True)
     assert converged.shape == (3,) and not converged.any()
-    _, _, converged = sparsemap(t, BitVector(8), return_converged=True)
+    _, _, converged = sparsemap(t, BitVector(8), method="active_set", return_converged=True)
     assert converged.all()
     with pytest.raises(RuntimeError, match="max_active"):
-        sparsemap(np.full((1, 8), 0.5) + np.linspace(0, 0.3, 8), BitVector(8), max_active=2)
+        sparsemap(np.full((1, 8), 0.5) + np.linspace(0, 0.3, 8), Budget(8, 8), max_active=2)
 
 
 def test_jax_marks_unconverged_rows_nan(jax_module):
     import jax.numpy as jnp
 
     t = jnp.asarray(np.random.default_rng(0).standard_normal((3, 8)))
-    probs, _ = jax_module.jit(lambda v: sparsemap(v, BitVector(8), max_iter=1))(t)
+    probs, _ = jax_module.jit(lambda v: sparsemap(v, BitVector(8), max_iter=1, method="active_set"))(t)
     assert np.isnan(np.asarray(probs)).all()
 
 
@@ -183,7 +183,7 @@ def test_large_batch():
     # Scores of scale 6 leave about 8 of 128 marginals fractional per row,
     # so 24 slots hold every row's support.
     t = 6.0 * rng.standard_normal((10_000, 128))
-    probs, atoms = sparsemap(t, BitVector(128), max_active=24)
+    probs, atoms = sparsemap(t, BitVector(128), max_active=24, method="active_set")
     np.testing.assert_allclose(np.einsum("bm,bmd->bd", probs, atoms), np.clip(t, 0, 1), atol=1e-9)
 
 
@@ -250,3 +250,37 @@ def test_jax_adapter(jax_module):
         np.asarray(jax_module.jit(mu)(t)), budget_projection(np.asarray(t), 2), atol=1e-12
     )
     np.testing.assert_allclose(np.asarray(jax_module.vmap(mu)(t)), np.asarray(mu(t)), atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["auto", "active_set"])
+def test_bitvector_methods_match_clip(xp, make, method):
+    rng = np.random.default_rng(21)
+    t = rng.standard_normal((5, 9)) * 1.5
+    probs, atoms = sparsemap(make(t), BitVector(9), method=method)
+    check_atoms(probs, atoms, BitVector(9))
+    assert_close(marginals(probs, atoms), np.clip(t, 0, 1), "float64")
+
+
+def test_closed_form_and_active_set_agree_on_gradients():
+    rng = np.random.default_rng(22)
+    t = rng.standard_normal((40, 10)) * 1.5
+    closed = sparsemap(t, BitVector(10))
+    iterated = sparsemap(t, BitVector(10), method="active_set")
+    cotangent = rng.standard_normal((40, 10))
+    grads = [sparsemap_vjp(p, a, np.zeros_like(p), cotangent) for p, a in (closed, iterated)]
+    np.testing.assert_allclose(grads[0], grads[1], atol=1e-12)
+    # Both are the Jacobian of clip(t, 0, 1): the cotangent where 0 < t < 1.
+    np.testing.assert_allclose(grads[0], cotangent * ((t > 0) & (t < 1)), atol=1e-12)
+    np.testing.assert_array_equal((closed[0] > 0).sum(-1), (iterated[0] > 0).sum(-1))
+
+
+def test_closed_form_respects_max_active():
+    t = np.array([[0.1, 0.3, 0.5, 0.7, 2.0], [0.5, 0.5, 0.5, -1.0, 3.0]])
+    probs, atoms, converged = sparsemap(t, BitVector(5), max_active=3, return_converged=True)
+    assert probs.shape == (2, 3) and atoms.shape == (2, 3, 5)
+    assert converged.tolist() == [False, True]
+    np.testing.assert_allclose(marginals(probs[1:], atoms[1:]), np.clip(t[1:], 0, 1), atol=1e-12)
+    with pytest.raises(RuntimeError, match="max_active"):
+        sparsemap(t, BitVector(5), max_active=3)
+    with pytest.raises(ValueError, match="method"):
+        sparsemap(t, BitVector(5), method="frank-wolfe")
