@@ -228,9 +228,14 @@ def initial_threshold(shifted: Any, row_total: Any, *, xp: Any) -> tuple[Any, An
         return xp.maximum(tau, subset_tau), exact
     if size >= GROUP_MIN_SIZE:
         # The maxima of groups of consecutive entries: one cheap reduction.
+        # Every entry is in a group (the last one possibly shorter), so the
+        # maxima hold the row's maximum 0 and are a subset of the row.
         groups = size // GROUP_SIZE
         grouped = xp.reshape(shifted[..., : groups * GROUP_SIZE], (*shifted.shape[:-1], groups, GROUP_SIZE))
         maxima = xp.max(grouped, axis=-1)
+        if groups * GROUP_SIZE < size:
+            rest = xp.max(shifted[..., groups * GROUP_SIZE :], axis=-1, keepdims=True)
+            maxima = xp.concat([maxima, rest], axis=-1)
         return xp.maximum(tau, threshold_last(maxima, xp=xp)), no_row
     return tau, no_row
 

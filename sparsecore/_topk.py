@@ -81,7 +81,8 @@ def topk_sparsemax(s: Any, k: int, axis: int = -1, *, nan_policy: str = "propaga
         raise_on_nan(scores, "s", xp=xp)
     with quiet(xp):
         if k < size:
-            kept = topk_mask(scores, k, xp=xp)
+            # NaN entries stay, so that their row comes out NaN as in sparsemax.
+            kept = topk_mask(scores, k, xp=xp) | xp.isnan(scores)
             scores = xp.where(kept, scores, xp.full_like(scores, -xp.inf))
         probs = sparsemax_last(scores, xp=xp)
     return from_last(probs, axis, s.dtype, xp=xp)

@@ -26,7 +26,7 @@ def _sparsemax_fwd(scores: jax.Array, axis: int, nan_policy: str) -> tuple[jax.A
 
 
 def _sparsemax_bwd(axis: int, nan_policy: str, probs: jax.Array, grad_probs: jax.Array) -> tuple[jax.Array]:
-    return (sparsecore.sparsemax_vjp(probs, grad_probs, axis=axis),)
+    return (sparsecore.sparsemax_vjp(probs, jnp.asarray(grad_probs), axis=axis),)
 
 
 _sparsemax.defvjp(_sparsemax_fwd, _sparsemax_bwd)
@@ -45,7 +45,7 @@ def _topk_sparsemax_fwd(scores: jax.Array, k: int, axis: int, nan_policy: str) -
 def _topk_sparsemax_bwd(
     k: int, axis: int, nan_policy: str, probs: jax.Array, grad_probs: jax.Array
 ) -> tuple[jax.Array]:
-    return (sparsecore.topk_sparsemax_vjp(probs, grad_probs, axis=axis),)
+    return (sparsecore.topk_sparsemax_vjp(probs, jnp.asarray(grad_probs), axis=axis),)
 
 
 _topk_sparsemax.defvjp(_topk_sparsemax_fwd, _topk_sparsemax_bwd)
@@ -64,7 +64,7 @@ def _topk_sparsemax_structured_fwd(t: jax.Array, structure: Any, k: int) -> Any:
 def _topk_sparsemax_structured_bwd(structure: Any, k: int, residuals: Any, cotangents: Any) -> Any:
     probs, atoms = residuals
     grad_probs, _ = cotangents  # atoms are piecewise constant in t
-    return (sparsecore.topk_sparsemax_structured_vjp(probs, atoms, grad_probs),)
+    return (sparsecore.topk_sparsemax_structured_vjp(probs, atoms, jnp.asarray(grad_probs)),)
 
 
 _topk_sparsemax_structured.defvjp(_topk_sparsemax_structured_fwd, _topk_sparsemax_structured_bwd)
@@ -85,7 +85,7 @@ def _sparsemap_bwd(
 ) -> Any:
     probs, atoms = residuals
     grad_probs, _ = cotangents  # atoms are piecewise constant in t
-    return (sparsecore.sparsemap_vjp(probs, atoms, grad_probs),)
+    return (sparsecore.sparsemap_vjp(probs, atoms, jnp.asarray(grad_probs)),)
 
 
 _sparsemap.defvjp(_sparsemap_fwd, _sparsemap_bwd)

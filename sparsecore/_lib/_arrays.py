@@ -12,7 +12,7 @@ __all__ = ["from_last", "raise_on_nan", "to_last"]
 def to_last(x: Any, axis: int, *, xp: Any) -> Any:
     """Move ``axis`` last and cast to the compute dtype (float32 for halves)."""
     if axis != x.ndim - 1:
-        x = xp.moveaxis(x, axis, -1)
+        x = xp.permute_dims(x, _move_to_last(axis, x.ndim))
     dtype = compute_dtype(x.dtype, xp=xp)
     if dtype != x.dtype:
         x = xp.astype(x, dtype)
@@ -24,8 +24,20 @@ def from_last(x: Any, axis: int, dtype: Any, *, xp: Any) -> Any:
     if x.dtype != dtype:
         x = xp.astype(x, dtype)
     if axis != x.ndim - 1:
-        x = xp.moveaxis(x, -1, axis)
+        x = xp.permute_dims(x, _move_from_last(axis, x.ndim))
     return x
+
+
+# Permutations rather than ``moveaxis``: torch.func.vmap has no batching rule
+# for ``moveaxis``, and every namespace has ``permute_dims``.
+def _move_to_last(axis: int, ndim: int) -> tuple[int, ...]:
+    return (*(i for i in range(ndim) if i != axis), axis)
+
+
+def _move_from_last(axis: int, ndim: int) -> tuple[int, ...]:
+    order = list(range(ndim - 1))
+    order.insert(axis, ndim - 1)
+    return tuple(order)
 
 
 def raise_on_nan(x: Any, name: str, *, xp: Any) -> None:
