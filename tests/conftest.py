@@ -1,0 +1,77 @@
+"""Fixtures shared by the test suite: the ``xp`` backend fixture and helpers.
+
+``xp`` runs a test once per array backend: NumPy, read-only NumPy,
+array-api-strict (also with data-dependent shapes switched off, which is
+what a jit compiler imposes), PyTorch, JAX and CuPy.  A backend that is not
+installed is skipped, unless it is named in the environment variable
+``SPARSECORE_TEST_BACKENDS`` (comma-separated), in which case the test fails.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+# The helper modules (backends.py, reference.py) sit next to this file; with
+# --import-mode=importlib the tests directory is not on sys.path by itself.
+sys.path.insert(0, str(Path(__file__).parent))
+
+from backends import (
+    BACKENDS,
+    asarray,
+    backend_context,
+    require_backend,
+)
+
+try:  # JAX computes in float32 unless told otherwise; the tests need float64.
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+except ImportError:
+    pass
+
+
+@pytest.fixture(params=BACKENDS)
+def xp_name(request: pytest.FixtureRequest):
+    """The name of the backend under test (see ``backends.BACKENDS``)."""
+    with backend_context(request.param) as name:
+        yield name
+
+
+@pytest.fixture
+def xp(xp_name: str):
+    """The array-API namespace of the backend under test (array-api-compat's for
+    NumPy, PyTorch and CuPy, ``jax.numpy`` for JAX)."""
+    from array_api_compat import array_namespace
+
+    return array_namespace(asarray(xp_name, [0.0]))
+
+
+@pytest.fixture
+def make(xp_name: str):
+    """``make(data, dtype="float64")``: an array of the backend under test."""
+
+    def build(data, dtype: str = "float64", **kwargs):
+        return asarray(xp_name, data, dtype, **kwargs)
+
+    return build
+
+
+@pytest.fixture
+def torch():
+    """The torch module (skipped, or failed if requested, when missing)."""
+    require_backend("torch")
+    import torch
+
+    return torch
+
+
+@pytest.fixture
+def jax_module():
+    """The jax module (skipped, or failed if requested, when missing)."""
+    require_backend("jax")
+    import jax
+
+    return jax
