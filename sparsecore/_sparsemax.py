@@ -218,7 +218,7 @@ def initial_threshold(shifted: Any, row_total: Any, *, xp: Any) -> tuple[Any, An
     # Two lower bounds: p_max <= 1 (the maximum is 0) and full support.
     tau = xp.clip((row_total - 1.0) / size, min=-1.0)
     no_row = xp.zeros(tau.shape, dtype=xp.bool, device=device(shifted))
-    if size >= CANDIDATE_MIN_SIZE:
+    if size >= CANDIDATE_MIN_SIZE and size > CANDIDATES:
         # The largest entries, by native partial selection: their threshold is
         # exact when the smallest of them gets probability 0, because every
         # other entry lies below it too.
@@ -226,7 +226,7 @@ def initial_threshold(shifted: Any, row_total: Any, *, xp: Any) -> tuple[Any, An
         subset_tau = threshold_last(largest, xp=xp)
         exact = xp.min(largest, axis=-1, keepdims=True) <= subset_tau
         return xp.maximum(tau, subset_tau), exact
-    if size >= GROUP_MIN_SIZE:
+    if size >= GROUP_MIN_SIZE and size > GROUP_SIZE:
         # The maxima of groups of consecutive entries: one cheap reduction.
         # Every entry is in a group (the last one possibly shorter), so the
         # maxima hold the row's maximum 0 and are a subset of the row.
@@ -259,11 +259,28 @@ def solve(shifted: Any, tau: Any, done: Any, *, xp: Any) -> tuple[Any, Any, Any,
     )
 
 
+# Rows at most this long sort (a few operations in all); longer rows iterate.
+SORT_MAX_SIZE = 32
+
+
+def sorted_threshold(shifted: Any, *, xp: Any) -> Any:
+    """The exact threshold by sorting (Martins and Astudillo's algorithm)."""
+    ordered = xp.sort(shifted, axis=-1, descending=True)
+    cumulative = xp.cumulative_sum(ordered, axis=-1)
+    sizes = xp.arange(1, shifted.shape[-1] + 1, dtype=shifted.dtype, device=device(shifted))
+    # The support is the prefix where 1 + k * z_(k) > sum_{j <= k} z_(j).
+    support = xp.sum(xp.astype(1.0 + sizes * ordered > cumulative, xp.int32), axis=-1, keepdims=True)
+    return (xp.take_along_axis(cumulative, support - 1, axis=-1) - 1.0) / xp.astype(support, shifted.dtype)
+
+
 def sparsemax_last(scores: Any, *, xp: Any) -> Any:
     """Sparsemax along the last axis of a floating array (no validation)."""
     shifted, row_total, fix = prepare_rows(scores, xp=xp)
-    tau, exact = initial_threshold(shifted, row_total, xp=xp)
-    probs = solve(shifted, tau, exact, xp=xp)[2]
+    if shifted.shape[-1] <= SORT_MAX_SIZE:
+        probs = xp.clip(shifted - sorted_threshold(shifted, xp=xp), min=0.0)
+    else:
+        tau, exact = initial_threshold(shifted, row_total, xp=xp)
+        probs = solve(shifted, tau, exact, xp=xp)[2]
     return apply_fix(probs, fix, xp=xp)
 
 
