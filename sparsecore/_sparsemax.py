@@ -7,7 +7,7 @@ from typing import Any
 from array_api_compat import device
 
 from ._lib._arrays import from_last, raise_on_nan, to_last
-from ._lib._namespace import array_namespace, concrete_any, quiet, sign, while_loop
+from ._lib._namespace import array_namespace, concrete_any, is_jax_namespace, quiet, sign, while_loop
 from ._lib._select import largest_values
 from ._lib._validation import check_floating, check_nan_policy, normalize_axis
 
@@ -259,7 +259,8 @@ def solve(shifted: Any, tau: Any, done: Any, *, xp: Any) -> tuple[Any, Any, Any,
     )
 
 
-# Rows at most this long sort (a few operations in all); longer rows iterate.
+# Rows at most this long sort (a few operations in all, where the per-call
+# overhead dominates); longer rows iterate.
 SORT_MAX_SIZE = 32
 
 
@@ -276,7 +277,8 @@ def sorted_threshold(shifted: Any, *, xp: Any) -> Any:
 def sparsemax_last(scores: Any, *, xp: Any) -> Any:
     """Sparsemax along the last axis of a floating array (no validation)."""
     shifted, row_total, fix = prepare_rows(scores, xp=xp)
-    if shifted.shape[-1] <= SORT_MAX_SIZE:
+    # XLA's CPU sort costs more than a few fused Newton passes: JAX iterates.
+    if shifted.shape[-1] <= SORT_MAX_SIZE and not is_jax_namespace(xp):
         probs = xp.clip(shifted - sorted_threshold(shifted, xp=xp), min=0.0)
     else:
         tau, exact = initial_threshold(shifted, row_total, xp=xp)
