@@ -20,6 +20,8 @@ score_arrays = arrays(
     np.float64, array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=6), elements=finite_floats
 )
 score_rows = arrays(np.float64, st.tuples(st.integers(1, 4), st.integers(1, 8)), elements=finite_floats)
+# Rows from 28 to 70 entries cross the solver's size thresholds (32, 64).
+medium_rows = arrays(np.float64, st.tuples(st.integers(1, 3), st.integers(28, 70)), elements=finite_floats)
 unique_rows = st.integers(1, 8).flatmap(
     lambda size: arrays(np.float64, (size,), elements=finite_floats, unique=True)
 )
@@ -136,3 +138,16 @@ def test_vjp_is_orthogonal_to_ones_and_zero_off_support(s, g):
     support = probs > 0
     mean = (cotangent * support).sum(axis=-1, keepdims=True) / support.sum(axis=-1, keepdims=True)
     np.testing.assert_allclose(grad, np.where(support, cotangent - mean, 0.0), rtol=0, atol=1e-9)
+
+
+@libraries
+@PROPERTY_SETTINGS
+@given(s=medium_rows, data=st.data())
+def test_medium_rows_match_references(library_name, s, data):
+    probs = call(library_name, "sparsemax", s)
+    assert_on_simplex(probs)
+    np.testing.assert_allclose(probs, sparsemax_bisect(s), rtol=0, atol=ATOL)
+    k = data.draw(st.integers(1, s.shape[-1]), label="k")
+    top = call(library_name, "topk_sparsemax", s, k)
+    assert np.all(np.count_nonzero(top, axis=-1) <= k)
+    np.testing.assert_allclose(top, topk_sparsemax_bruteforce(s, k), rtol=0, atol=ATOL)

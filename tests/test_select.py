@@ -24,9 +24,21 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("library", ["numpy", "torch", "jax", "cupy"])
+# float32 on the native paths that differ by dtype (NumPy partition, torch
+# topk); JAX's top_k in float64 only (each dtype costs it a compilation).
+@pytest.mark.parametrize(
+    ("library", "dtype"),
+    [
+        ("numpy", "float64"),
+        ("numpy", "float32"),
+        ("torch", "float64"),
+        ("torch", "float32"),
+        ("jax", "float64"),
+        ("cupy", "float64"),
+        ("cupy", "float32"),
+    ],
+)
 @pytest.mark.parametrize("case", list(CASES))
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_native_selection_matches_generic_and_sort(library, case, dtype):
     with backend_context(library):
         data = CASES[case].astype(dtype)

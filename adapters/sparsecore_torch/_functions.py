@@ -162,6 +162,8 @@ def sparsemax(s: torch.Tensor, dim: int = -1, *, nan_policy: str = "propagate") 
     """
     _check_tensor(s)
     dim = normalize_axis(dim, s.ndim, "dim")
+    if s.shape[dim] == 0:
+        raise ValueError(f"sparsemax needs at least one category along dim={dim}, got shape {tuple(s.shape)}")
     return SparsemaxFunction.apply(s, dim, check_nan_policy(nan_policy))  # type: ignore[no-any-return]
 
 
