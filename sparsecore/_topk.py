@@ -67,8 +67,8 @@ def topk_sparsemax(s: Any, k: int, axis: int = -1, *, nan_policy: str = "propaga
     >>> probs = topk_sparsemax(np.array([1.0, 0.9, 0.8, 0.0]), k=2)
     >>> probs
     array([0.55, 0.45, 0.  , 0.  ])
-    >>> topk_is_exact(probs, k=2)
-    array(False)
+    >>> bool(topk_is_exact(probs, k=2))
+    False
     """
     xp = array_namespace(s)
     check_floating(s, "s", xp=xp)

@@ -152,9 +152,10 @@ def topk_sparsemax_structured(t: jax.Array, structure: Any, k: int) -> tuple[jax
     >>> import jax.numpy as jnp
     >>> from sparsecore import BitVector
     >>> import sparsecore_jax
-    >>> probs, atoms = sparsecore_jax.topk_sparsemax_structured(jnp.array([0.9, -0.2]), BitVector(2), k=3)
+    >>> t = jnp.array([0.75, -0.25])
+    >>> probs, atoms = sparsecore_jax.topk_sparsemax_structured(t, BitVector(2), k=3)
     >>> probs
-    Array([0.6, 0.4, 0. ], dtype=float32)
+    Array([0.625, 0.375, 0.   ], dtype=float32)
     """
     return _topk_sparsemax_structured(_as_array(t, "t"), structure, k)  # type: ignore[no-any-return]
 
