@@ -20,7 +20,7 @@ MODULES = [
 
 @pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples(name: str) -> None:
-    framework = name.split(".")[0].removeprefix("sparsecore_")
+    framework = name.split(".", maxsplit=1)[0].removeprefix("sparsecore_")
     if framework in ("torch", "jax"):
         pytest.importorskip(framework)
     if framework == "jax":
