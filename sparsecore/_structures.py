@@ -188,9 +188,13 @@ class Budget:
 
     The best structure keeps the ``budget`` largest nonnegative scores (ties
     by position), in O(D log D) through partial selection.  With
-    ``budget >= size`` it is :class:`BitVector`.  Its k-best oracle is not
-    written yet, so it serves SparseMAP (which needs only ``argmax``) and not
-    structured top-k.
+    ``budget >= size`` it is :class:`BitVector`.
+
+    The k best subsets use only the ``budget + k - 1`` largest scores (a
+    subset holding a lower-ranked entry has at least k distinct feasible
+    swaps that score no less), and ``kbest`` finds them by dynamic
+    programming over those entries, keeping the k best partial sums for
+    every count of chosen entries: O((B + k) B k log k).
     """
 
     size: int
@@ -213,6 +217,50 @@ class Budget:
         if self.budget < self.size:
             nonnegative = nonnegative & topk_mask(v, self.budget, xp=xp)
         return xp.astype(nonnegative, v.dtype)
+
+    def kbest(self, t: Any, k: int) -> tuple[Any, Any]:
+        xp = _check_scores(t, self.size)
+        k = _check_positive_int(k, "k")
+        dtype = t.dtype
+        dev = device(t)
+        batch = t.shape[:-1]
+        used = min(self.size, self.budget + k - 1)
+        counts = min(self.budget, used) + 1
+        order = xp.argsort(t, axis=-1, descending=True, stable=True)[..., :used]
+        values = xp.take_along_axis(t, order, axis=-1)  # descending, (..., used)
+        # sums[..., c, s]: the s-th best sum of c chosen entries so far.
+        minus_inf = xp.full((*batch, counts, k), -xp.inf, dtype=dtype, device=dev)
+        start = xp.arange(counts * k, device=dev) == 0
+        sums = xp.where(xp.reshape(start, (counts, k)), xp.zeros_like(minus_inf), minus_inf)
+        took_steps, source_steps = [], []
+        for item in range(used):
+            shifted = xp.concat([minus_inf[..., :1, :], sums[..., :-1, :]], axis=-2)
+            candidates = xp.concat([sums, shifted + values[..., item, None, None]], axis=-1)
+            keep = xp.argsort(candidates, axis=-1, descending=True, stable=True)[..., :k]
+            sums = xp.take_along_axis(candidates, keep, axis=-1)
+            took_steps.append(keep >= k)
+            source_steps.append(keep % k)
+        # The k best over every count, then back through the choices.
+        flat = xp.reshape(sums, (*batch, counts * k))
+        best = xp.argsort(flat, axis=-1, descending=True, stable=True)[..., :k]
+        scores = xp.take_along_axis(flat, best, axis=-1)
+        count = best // k
+        slot = best % k
+        chosen = []
+        for item in range(used - 1, -1, -1):
+            index = count * k + slot
+            took = xp.take_along_axis(xp.reshape(took_steps[item], (*batch, counts * k)), index, axis=-1)
+            source = xp.take_along_axis(xp.reshape(source_steps[item], (*batch, counts * k)), index, axis=-1)
+            chosen.append(xp.astype(took, dtype))
+            count = count - xp.astype(took, count.dtype)
+            slot = source
+        if used == 0:  # k = 1 and budget 0: only the empty set
+            atoms = xp.zeros((*batch, k, self.size), dtype=dtype, device=dev)
+        else:
+            picked = xp.stack(chosen[::-1], axis=-1)  # (..., k, used)
+            atoms = picked @ _one_hot(order, self.size, dtype, xp=xp)
+        valid = xp.isfinite(scores)
+        return scores, xp.where(valid[..., None], atoms, xp.zeros_like(atoms))
 
 
 def _pad(scores: Any, atoms: Any, k: int, *, xp: Any) -> tuple[Any, Any]:

@@ -11,6 +11,7 @@ from reference import sparsemax_sort
 
 from sparsecore import (
     BitVector,
+    Budget,
     Categorical,
     topk_sparsemax,
     topk_sparsemax_structured,
@@ -195,3 +196,35 @@ def test_jax_adapter_grads_and_jit(jax_module):
     vmapped = jax_module.vmap(lambda v: sparsecore_jax.topk_sparsemax_structured(v, BitVector(4), 5)[0])(t)
     np.testing.assert_allclose(np.asarray(jitted), np.asarray(eager), atol=1e-12)
     np.testing.assert_allclose(np.asarray(vmapped), np.asarray(eager), atol=1e-12)
+
+
+def all_budget_vectors(dim: int, budget: int) -> np.ndarray:
+    return np.array([z for z in itertools.product([0.0, 1.0], repeat=dim) if sum(z) <= budget])
+
+
+@pytest.mark.parametrize(("dim", "budget"), [(1, 0), (1, 1), (4, 0), (4, 2), (6, 3), (6, 6), (7, 9)])
+@pytest.mark.parametrize("k", [1, 3, 10, 70])
+def test_budget_kbest_matches_enumeration(xp, make, dim, budget, k):
+    rng = np.random.default_rng(dim * 31 + budget * 7 + k)
+    t = rng.standard_normal((4, dim))
+    if dim > 2:
+        t[0, :2] = 0.0  # ties and zero scores
+        t[1, 1] = t[1, 0]
+    scores, atoms = Budget(dim, budget).kbest(make(t), k)
+    scores, atoms = to_numpy(scores), to_numpy(atoms)
+    expected, _ = brute_force_kbest(t, all_budget_vectors(dim, budget), k)
+    np.testing.assert_allclose(scores, expected, rtol=1e-12, atol=1e-12)
+    valid = np.isfinite(expected)
+    np.testing.assert_allclose(np.einsum("bkd,bd->bk", atoms, t)[valid], scores[valid], atol=1e-12)
+    assert np.all(atoms[valid].sum(-1) <= budget) and np.all(atoms[~valid] == 0)
+    for row in range(4):
+        assert len({tuple(a) for a in atoms[row][valid[row]]}) == valid[row].sum()
+
+
+def test_budget_structured_topk_matches_enumeration(xp, make):
+    rng = np.random.default_rng(17)
+    t = rng.standard_normal((3, 6)) * 0.5
+    probs, atoms = topk_sparsemax_structured(make(t), Budget(6, 2), 5)
+    expected_scores, _ = brute_force_kbest(t, all_budget_vectors(6, 2), 5)
+    assert_close(probs, sparsemax_sort(expected_scores), "float64")
+    assert np.all(to_numpy(atoms).sum(-1) <= 2)
