@@ -8,7 +8,7 @@ from array_api_compat import device
 
 from ._lib._namespace import array_namespace, is_jax_namespace, quiet, while_loop
 from ._lib._validation import check_floating
-from ._structures import _check_positive_int
+from ._structures import _check_positive_int, check_structure_input
 
 __all__ = ["sparsemap", "sparsemap_vjp"]
 
@@ -90,11 +90,8 @@ def sparsemap(
     """
     xp = array_namespace(t)
     check_floating(t, "t", xp=xp)
-    if not (hasattr(structure, "argmax") and hasattr(structure, "dim")):
-        raise TypeError(f"structure must have an argmax method and a dim, got {type(structure).__name__}")
+    check_structure_input(t, structure, ("argmax",))
     dim = structure.dim
-    if t.ndim == 0 or t.shape[-1] != dim:
-        raise ValueError(f"t must have shape (..., {dim}) for {structure!r}, got shape {t.shape}")
     slots = dim + 1 if max_active is None else _check_positive_int(max_active, "max_active")
     iterations = 20 * (slots + 1) if max_iter is None else _check_positive_int(max_iter, "max_iter")
     if tol is None:

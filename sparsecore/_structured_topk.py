@@ -7,7 +7,7 @@ from typing import Any
 from ._lib._namespace import array_namespace, quiet
 from ._lib._validation import check_floating
 from ._sparsemax import sparsemax_last, sparsemax_vjp_last
-from ._structures import Structure, _check_positive_int
+from ._structures import Structure, _check_positive_int, check_structure_input
 
 __all__ = ["topk_sparsemax_structured", "topk_sparsemax_structured_is_exact", "topk_sparsemax_structured_vjp"]
 
@@ -65,10 +65,7 @@ def topk_sparsemax_structured(t: Any, structure: Structure, k: int) -> tuple[Any
     xp = array_namespace(t)
     check_floating(t, "t", xp=xp)
     k = _check_positive_int(k, "k")
-    if not isinstance(structure, Structure):
-        raise TypeError(f"structure must implement argmax, kbest and dim, got {type(structure).__name__}")
-    if t.ndim == 0 or t.shape[-1] != structure.dim:
-        raise ValueError(f"t must have shape (..., {structure.dim}) for {structure!r}, got shape {t.shape}")
+    check_structure_input(t, structure, ("kbest",))
     with quiet(xp):
         scores, atoms = structure.kbest(t, k)
         probs = sparsemax_last(scores, xp=xp)

@@ -66,6 +66,16 @@ def _check_scores(t: Any, dim: int, name: str = "t") -> Any:
     return xp
 
 
+def check_structure_input(t: Any, structure: Any, methods: tuple[str, ...]) -> None:
+    """Raise unless ``structure`` has ``dim`` and ``methods`` and ``t`` is (..., dim)."""
+    if not all(hasattr(structure, name) for name in ("dim", *methods)):
+        raise TypeError(
+            f"structure must implement {', '.join(methods)} and dim, got {type(structure).__name__}"
+        )
+    if t.ndim == 0 or t.shape[-1] != structure.dim:
+        raise ValueError(f"t must have shape (..., {structure.dim}) for {structure!r}, got shape {t.shape}")
+
+
 def _one_hot(indices: Any, size: int, dtype: Any, *, xp: Any) -> Any:
     positions = xp.arange(size, device=device(indices))
     return xp.astype(indices[..., None] == positions, dtype)

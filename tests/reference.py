@@ -149,6 +149,19 @@ def finite_difference_jacobian(
     return np.stack(columns, axis=-1)
 
 
+def finite_difference_gradient(
+    objective: Callable[[np.ndarray], float], x: np.ndarray, eps: float = 1e-6
+) -> np.ndarray:
+    """Central-difference gradient of a scalar ``objective`` at an array ``x``."""
+    x = np.asarray(x, dtype=np.float64)
+    gradient = np.zeros_like(x)
+    for index in np.ndindex(*x.shape):
+        step = np.zeros_like(x)
+        step[index] = eps
+        gradient[index] = (objective(x + step) - objective(x - step)) / (2 * eps)
+    return gradient
+
+
 def random_separated_scores(
     rng: np.random.Generator,
     shape: tuple[int, ...],
