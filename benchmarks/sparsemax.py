@@ -9,6 +9,7 @@ framework's softmax.
 
     python benchmarks/sparsemax.py                 # every shape
     python benchmarks/sparsemax.py --shapes 64x10 1024x256 --scale 0.1
+    python benchmarks/sparsemax.py --device gpu    # CUDA tensors / JAX's GPU
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ import sys
 import time
 from collections.abc import Callable
 
-# One CPU thread for every framework, set before they are imported.
-os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+# One CPU thread for every framework, set before they are imported (a GPU run
+# passes --device gpu, which main() reads before importing any framework).
+if "gpu" not in sys.argv:
+    os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
 
@@ -42,14 +45,19 @@ def median_seconds(run: Callable[[], object], budget: float, min_repeats: int = 
     return statistics.median(times)
 
 
-def torch_rows(scores: np.ndarray, cotangent: np.ndarray, budget: float) -> dict[str, tuple[float, float]]:
+def torch_rows(
+    scores: np.ndarray, cotangent: np.ndarray, budget: float, gpu: bool = False
+) -> dict[str, tuple[float, float]]:
     import entmax
     import sparsecore_torch
     import torch
 
-    torch.set_num_threads(1)
-    s = torch.from_numpy(scores)
-    g = torch.from_numpy(cotangent)
+    device = "cuda" if gpu else "cpu"
+    if not gpu:
+        torch.set_num_threads(1)
+    s = torch.from_numpy(scores).to(device)
+    g = torch.from_numpy(cotangent).to(device)
+    sync = torch.cuda.synchronize if gpu else (lambda: None)
     size = scores.shape[-1]
     partial_k = min(16, size)
     methods: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -65,23 +73,28 @@ def torch_rows(scores: np.ndarray, cotangent: np.ndarray, budget: float) -> dict
         def forward(fn: Callable[[torch.Tensor], torch.Tensor] = fn) -> None:
             with torch.no_grad():
                 fn(s)
+            sync()
 
         def forward_backward(fn: Callable[[torch.Tensor], torch.Tensor] = fn) -> None:
             x = s.detach().requires_grad_()
             fn(x).backward(g)
+            sync()
 
         rows[name] = (median_seconds(forward, budget), median_seconds(forward_backward, budget))
     return rows
 
 
-def jax_rows(scores: np.ndarray, cotangent: np.ndarray, budget: float) -> dict[str, tuple[float, float]]:
+def jax_rows(
+    scores: np.ndarray, cotangent: np.ndarray, budget: float, gpu: bool = False
+) -> dict[str, tuple[float, float]]:
     import jax
     import jax.numpy as jnp
     import optax
     import sparsecore_jax
 
-    s = jnp.asarray(scores)
-    g = jnp.asarray(cotangent)
+    device = jax.devices("gpu" if gpu else "cpu")[0]
+    s = jax.device_put(jnp.asarray(scores), device)
+    g = jax.device_put(jnp.asarray(cotangent), device)
     methods = {
         "jax.nn.softmax (jit)": lambda x: jax.nn.softmax(x, axis=-1),
         "sparsecore_jax.sparsemax (jit)": lambda x: sparsecore_jax.sparsemax(x, axis=-1),
@@ -112,12 +125,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=0.4, help="seconds per measurement")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--frameworks", nargs="+", default=["torch", "jax"], choices=["torch", "jax"])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="cpu (one thread) or gpu")
     args = parser.parse_args(argv)
+    gpu = args.device == "gpu"
 
     rng = np.random.default_rng(args.seed)
-    print(
-        f"float32, scores ~ N(0, {args.scale}^2), one CPU thread; median microseconds; ratio = time / softmax"
-    )
+    where = "GPU" if gpu else "one CPU thread"
+    print(f"float32, scores ~ N(0, {args.scale}^2), {where}; median microseconds; ratio = time / softmax")
     print()
     print("| shape | method | forward (us) | fwd ratio | fwd+bwd (us) | fwd+bwd ratio |")
     print("|---|---|---:|---:|---:|---:|")
@@ -125,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         scores = (args.scale * rng.standard_normal((batch, size))).astype(np.float32)
         cotangent = rng.standard_normal((batch, size)).astype(np.float32)
         for framework in args.frameworks:
-            rows = (torch_rows if framework == "torch" else jax_rows)(scores, cotangent, args.budget)
+            rows = (torch_rows if framework == "torch" else jax_rows)(scores, cotangent, args.budget, gpu)
             base_forward, base_both = next(iter(rows.values()))
             for name, (forward, both) in rows.items():
                 print(

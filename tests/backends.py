@@ -68,6 +68,8 @@ TOLERANCES = {
 }
 
 ENV_VAR = "SPARSECORE_TEST_BACKENDS"
+#: Where the ``torch`` backend's test tensors live ("cpu" unless set, e.g. "cuda").
+TORCH_DEVICE_VAR = "SPARSECORE_TEST_TORCH_DEVICE"
 
 
 def requested_backends() -> set[str]:
@@ -229,9 +231,10 @@ def asarray(name: str, data: Any, dtype: str = "float64", *, device: Any = None)
     if name == "torch":
         import torch
 
+        where = device if device is not None else os.environ.get(TORCH_DEVICE_VAR, "cpu")
         if dtype == "bfloat16":
-            return torch.asarray(values.astype(np.float32)).to(torch.bfloat16)
-        return torch.asarray(values.copy())
+            return torch.asarray(values.astype(np.float32)).to(device=where, dtype=torch.bfloat16)
+        return torch.asarray(values.copy()).to(where)
     if name == "jax":
         if dtype == "bfloat16":
             return xp.asarray(values.astype(np.float32), dtype=xp.bfloat16)
