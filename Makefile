@@ -12,7 +12,7 @@ STAMP := $(VENV)/.sparsecore-deps
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt '.[torch,jax,test,bench,dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt '.[torch,jax,experiments,test,bench,dev]'
 	touch $(STAMP)
 
 # Tests run against the installed package, reinstalled from this tree.
@@ -26,8 +26,8 @@ bench: install
 	$(BIN)/python benchmarks/sparsemax.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check sparsecore adapters tests benchmarks
-	$(BIN)/ruff format --check sparsecore adapters tests benchmarks
+	$(BIN)/ruff check sparsecore adapters experiments tests benchmarks
+	$(BIN)/ruff format --check sparsecore adapters experiments tests benchmarks
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

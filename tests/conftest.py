@@ -17,6 +17,9 @@ import pytest
 # The helper modules (backends.py, reference.py) sit next to this file; with
 # --import-mode=importlib the tests directory is not on sys.path by itself.
 sys.path.insert(0, str(Path(__file__).parent))
+# The experiments package is not installed: it is found in the repository's
+# root, appended last so that the installed sparsecore still comes first.
+sys.path.append(str(Path(__file__).parent.parent))
 
 from backends import (
     BACKENDS,
