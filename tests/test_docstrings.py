@@ -14,6 +14,7 @@ MODULES = [
     "sparsecore._sparsemap",
     "sparsecore_torch._functions",
     "sparsecore_torch._modules",
+    "sparsecore_torch._marginalize",
     "sparsecore_jax._functions",
 ]
 
