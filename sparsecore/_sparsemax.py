@@ -293,4 +293,5 @@ def sparsemax_vjp_last(probs: Any, cotangent: Any, *, xp: Any) -> Any:
     # ``0 * sum(probs)`` is 0, or NaN on a NaN row, which then stays NaN.
     nan_guard = 0.0 * xp.sum(probs, axis=-1, keepdims=True)
     mean = xp.sum(cotangent * support, axis=-1, keepdims=True) / xp.clip(count, min=1.0) + nan_guard
-    return (cotangent - mean) * support
+    # ``+ 0.0`` turns the ``-0.0`` of entries off the support into ``0.0``.
+    return (cotangent - mean) * support + 0.0

@@ -16,6 +16,7 @@ MODULES = [
     "sparsecore_torch._modules",
     "sparsecore_torch._marginalize",
     "sparsecore_jax._functions",
+    "sparsecore_jax._marginalize",
 ]
 
 

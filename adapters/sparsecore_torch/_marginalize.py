@@ -124,8 +124,9 @@ def marginalize(
     >>> result.expectation.tolist(), result.calls, result.support.tolist()
     ([1.25, 5.0], 3, [2, 1])
     >>> result.expectation.sum().backward()
-    >>> scores.grad[0, :2]
-    tensor([-0.5000,  0.5000])
+    >>> scores.grad
+    tensor([[-0.5000,  0.5000,  0.0000],
+            [ 0.0000,  0.0000,  0.0000]])
     """
     probs, atoms = _split_distribution(distribution)
     if not callable(loss_fn):
