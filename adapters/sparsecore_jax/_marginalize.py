@@ -55,6 +55,23 @@ def _concrete(x: jax.Array) -> bool | None:
         return None
 
 
+def _split_distribution(distribution: Any) -> tuple[jax.Array, jax.Array | None]:
+    """``(probs, atoms)`` from a dense probs array or a ``(probs, atoms)`` pair, checked."""
+    if isinstance(distribution, tuple | list) and len(distribution) == 2:
+        probs, atoms = _as_array(distribution[0], "probs"), _as_array(distribution[1], "atoms")
+    else:
+        probs, atoms = _as_array(distribution, "distribution"), None
+    if not jnp.issubdtype(probs.dtype, jnp.floating):
+        raise TypeError(f"probs must have a floating dtype, got {probs.dtype}")
+    if probs.ndim != 2:
+        raise ValueError(f"probs must have shape (N, K) (one row per example), got shape {probs.shape}")
+    if atoms is not None and (atoms.ndim != 3 or atoms.shape[:2] != probs.shape):
+        raise ValueError(
+            f"atoms must have shape (N, M, D) = {probs.shape} + (D,) to match probs, got shape {atoms.shape}"
+        )
+    return probs, atoms
+
+
 def marginalize(
     distribution: jax.Array | tuple[jax.Array, jax.Array],
     loss_fn: Callable[[jax.Array, jax.Array], jax.Array],
@@ -118,18 +135,7 @@ def marginalize(
     >>> grad[0, :2]
     Array([-0.5,  0.5], dtype=float32)
     """
-    if isinstance(distribution, tuple | list) and len(distribution) == 2:
-        probs, atoms = _as_array(distribution[0], "probs"), _as_array(distribution[1], "atoms")
-    else:
-        probs, atoms = _as_array(distribution, "distribution"), None
-    if not jnp.issubdtype(probs.dtype, jnp.floating):
-        raise TypeError(f"probs must have a floating dtype, got {probs.dtype}")
-    if probs.ndim != 2:
-        raise ValueError(f"probs must have shape (N, K) (one row per example), got shape {probs.shape}")
-    if atoms is not None and (atoms.ndim != 3 or atoms.shape[:2] != probs.shape):
-        raise ValueError(
-            f"atoms must have shape (N, M, D) = {probs.shape} + (D,) to match probs, got shape {atoms.shape}"
-        )
+    probs, atoms = _split_distribution(distribution)
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
     examples, slots = probs.shape
@@ -149,7 +155,9 @@ def marginalize(
     calls = jnp.sum(support)
     complete = calls <= max_pairs
     if _concrete(complete) is False:
-        raise ValueError(f"max_pairs={max_pairs} is too small: the distribution has {int(calls)} nonzero pairs")
+        raise ValueError(
+            f"max_pairs={max_pairs} is too small: the distribution has {int(calls)} nonzero pairs"
+        )
     if total == 0:
         expectation = jnp.zeros((examples,), probs.dtype)
         return Marginal(expectation, calls, support, complete)

@@ -50,7 +50,9 @@ def _split_distribution(distribution: Any) -> tuple[torch.Tensor, torch.Tensor |
     if not probs.is_floating_point():
         raise TypeError(f"probs must have a floating dtype, got {probs.dtype}")
     if probs.ndim != 2:
-        raise ValueError(f"probs must have shape (N, K) (one row per example), got shape {tuple(probs.shape)}")
+        raise ValueError(
+            f"probs must have shape (N, K) (one row per example), got shape {tuple(probs.shape)}"
+        )
     if atoms is not None and (atoms.ndim != 3 or atoms.shape[:2] != probs.shape):
         raise ValueError(
             f"atoms must have shape (N, M, D) = {tuple(probs.shape)} + (D,) to match probs, "
@@ -158,6 +160,6 @@ def marginalize(
     weights = probs[example, slot].to(dtype)
     weighted = weights.reshape((calls,) + (1,) * (losses.ndim - 1)) * losses.to(dtype)
     expectation = torch.zeros(
-        (probs.shape[0],) + tuple(losses.shape[1:]), dtype=weighted.dtype, device=weighted.device
+        (probs.shape[0], *losses.shape[1:]), dtype=weighted.dtype, device=weighted.device
     )
     return Marginal(expectation.index_add(0, example, weighted), calls, support)
