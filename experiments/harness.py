@@ -1,0 +1,384 @@
+"""The training harness shared by the experiments.
+
+An experiment is a small class (see :class:`Experiment`) that builds its data,
+model and optimizer from a dataclass config, takes one optimization step on a
+batch, and evaluates a split.  :func:`train` does everything else, the same
+way for every experiment:
+
+* seeds for reproducibility, and a data order that depends only on
+  ``(seed, epoch)``;
+* tqdm progress bars;
+* per-epoch metrics appended to ``metrics.jsonl`` and rewritten as
+  ``metrics.csv``;
+* a checkpoint written atomically after every epoch (model, optimizer,
+  estimator state such as baselines and Gumbel temperatures, random number
+  generator states, metrics so far), so that a killed run continued with
+  ``--resume`` ends with the same result as an uninterrupted one;
+* a clear error as soon as a loss is NaN or infinite;
+* device selection (``--device auto`` picks CUDA when available).
+
+:func:`parse_config` turns any config dataclass into a command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+import types
+import typing
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+import torch
+
+__all__ = [
+    "Experiment",
+    "RunConfig",
+    "TrainingDiverged",
+    "atomic_save",
+    "calls_summary",
+    "parse_config",
+    "resolve_device",
+    "seed_everything",
+    "train",
+]
+
+CHECKPOINT = "checkpoint.pt"
+METRICS_JSONL = "metrics.jsonl"
+METRICS_CSV = "metrics.csv"
+RESULT_JSON = "result.json"
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite: the run stops instead of training on garbage."""
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Settings every experiment shares (an experiment's config subclasses this).
+
+    Attributes
+    ----------
+    method : str
+        The gradient estimator (see ``experiments.estimators``).
+    seed : int
+        Seeds the parameters, the data order and every sample drawn.
+    epochs : int
+        Passes over the training data.
+    batch_size : int
+        Examples per optimization step.
+    lr : float or None
+        Adam's learning rate; ``None`` takes the paper's setting for the method.
+    max_train_examples, max_eval_examples : int or None
+        Use only the first so many examples of the training and evaluation
+        splits (small runs); ``None`` uses them all.
+    device : str
+        ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+    data_dir : str or None
+        Where the data files are (see ``experiments.data``); searched first.
+    out_dir : str
+        Where metrics, checkpoints, plots and the result are written.
+    resume : bool
+        Continue from ``out_dir``'s checkpoint if there is one.
+    progress : bool
+        Show tqdm progress bars.
+    """
+
+    method: str = "sparsemax"
+    seed: int = 0
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float | None = None
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = None
+    device: str = "auto"
+    data_dir: str | None = None
+    out_dir: str = "runs/default"
+    resume: bool = False
+    progress: bool = True
+
+
+class Experiment(Protocol):
+    """What :func:`train` needs from an experiment.
+
+    ``model`` and ``optimizer`` are checkpointed with ``state_dict``; put
+    every piece of training state (estimator baselines, temperatures, NVIL
+    networks) inside ``model`` so that it is saved and restored too.
+    """
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+
+    def train_batches(self, generator: torch.Generator) -> Sequence[Any]:
+        """This epoch's training batches, shuffled by ``generator``."""
+        ...
+
+    def train_step(self, batch: Any, epoch: int) -> Mapping[str, Any]:
+        """One optimization step; returns at least ``loss`` (float), ``calls``
+        (rows decoded) and ``support`` (a tensor of per-example support sizes)."""
+        ...
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        """Metrics on ``split`` (``"valid"`` or ``"test"``)."""
+        ...
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` means CUDA when available, else CPU; a CUDA request without CUDA is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's and torch's generators (experiments draw every sample from torch's)."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {
+        "python": random.getstate(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename it into place.
+
+    A reader sees the old file or the new one, never a partial one, even if
+    the process is killed mid-write.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            torch.save(obj, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            stream.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def calls_summary(support: torch.Tensor, prefix: str = "calls") -> dict[str, float]:
+    """Mean, median and quartiles of per-example decoder calls (support sizes)."""
+    values = support.detach().double().cpu()
+    if values.numel() == 0:
+        return {}
+    q1, median, q3 = torch.quantile(values, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)).tolist()
+    return {
+        f"{prefix}_mean": float(values.mean()),
+        f"{prefix}_median": median,
+        f"{prefix}_q1": q1,
+        f"{prefix}_q3": q3,
+    }
+
+
+def _write_metrics(out_dir: Path, history: list[dict[str, Any]]) -> None:
+    """``metrics.jsonl`` and ``metrics.csv`` from the whole history (rewritten atomically)."""
+    _atomic_write_text(out_dir / METRICS_JSONL, "".join(json.dumps(row) + "\n" for row in history))
+    columns: list[str] = []
+    for row in history:
+        columns.extend(key for key in row if key not in columns)
+    lines: list[str] = []
+
+    class _Sink:
+        def write(self, text: str) -> None:
+            lines.append(text)
+
+    writer = csv.DictWriter(_Sink(), fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(history)
+    _atomic_write_text(out_dir / METRICS_CSV, "".join(lines))
+
+
+def _progress(iterable: Iterable[Any], enabled: bool, **kwargs: Any) -> Iterator[Any]:
+    if not enabled:
+        yield from iterable
+        return
+    from tqdm.auto import tqdm
+
+    yield from tqdm(iterable, leave=False, dynamic_ncols=True, file=sys.stderr, **kwargs)
+
+
+def train(experiment: Experiment, config: RunConfig) -> dict[str, Any]:
+    """Train ``experiment`` for ``config.epochs``, checkpointing every epoch; evaluate on test.
+
+    Returns the result (also written to ``out_dir/result.json``): the config,
+    the per-epoch history, the test metrics and the training time.
+
+    Raises
+    ------
+    TrainingDiverged
+        As soon as a training loss is NaN or infinite.
+    """
+    out_dir = Path(config.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint_path = out_dir / CHECKPOINT
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    elapsed = 0.0
+    if config.resume and checkpoint_path.exists():
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        if checkpoint["config"] != dataclasses.asdict(config) | {"resume": checkpoint["config"]["resume"]}:
+            raise ValueError(
+                f"--resume: the checkpoint in {out_dir} was written by a run with another config; "
+                "use the same arguments, or another --out-dir"
+            )
+        experiment.model.load_state_dict(checkpoint["model"])
+        experiment.optimizer.load_state_dict(checkpoint["optimizer"])
+        _set_rng_state(checkpoint["rng"])
+        history = checkpoint["history"]
+        start_epoch = checkpoint["epoch"] + 1
+        elapsed = checkpoint["elapsed"]
+    elif checkpoint_path.exists() and not config.resume:
+        checkpoint_path.unlink()
+
+    epochs = _progress(range(start_epoch, config.epochs), config.progress, desc=config.method, unit="epoch")
+    for epoch in epochs:
+        began = time.perf_counter()
+        experiment.model.train()
+        generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+        batches = experiment.train_batches(generator)
+        losses, supports, rows, examples = [], [], 0, 0
+        for step, batch in enumerate(
+            _progress(batches, config.progress, desc=f"epoch {epoch}", unit="batch")
+        ):
+            out = experiment.train_step(batch, epoch)
+            loss = float(out["loss"])
+            if not math.isfinite(loss):
+                raise TrainingDiverged(
+                    f"{config.method}: the training loss is {loss} at epoch {epoch}, step {step}; "
+                    f"try a smaller --lr (now {config.lr}) or another --seed"
+                )
+            losses.append(loss)
+            supports.append(out["support"].detach().cpu())
+            rows += int(out["calls"])
+            examples += int(out["support"].shape[0])
+        train_time = time.perf_counter() - began
+        support = torch.cat(supports) if supports else torch.zeros(0)
+        experiment.model.eval()
+        with torch.no_grad():
+            valid = experiment.evaluate("valid")
+        elapsed += time.perf_counter() - began
+        row: dict[str, Any] = {
+            "epoch": epoch,
+            "train_loss": float(np.mean(losses)) if losses else float("nan"),
+            **calls_summary(support),
+            "rows_decoded_per_example": rows / max(examples, 1),
+            **{f"valid_{key}": value for key, value in valid.items()},
+            "epoch_seconds": train_time,
+        }
+        history.append(row)
+        _write_metrics(out_dir, history)
+        atomic_save(
+            {
+                "config": dataclasses.asdict(config),
+                "epoch": epoch,
+                "model": experiment.model.state_dict(),
+                "optimizer": experiment.optimizer.state_dict(),
+                "rng": _rng_state(),
+                "history": history,
+                "elapsed": elapsed,
+            },
+            checkpoint_path,
+        )
+
+    experiment.model.eval()
+    with torch.no_grad():
+        test = experiment.evaluate("test")
+    result = {
+        "config": dataclasses.asdict(config),
+        "history": history,
+        "test": test,
+        "train_seconds": elapsed,
+    }
+    _atomic_write_text(out_dir / RESULT_JSON, json.dumps(result, indent=2) + "\n")
+    return result
+
+
+ConfigT = TypeVar("ConfigT", bound=RunConfig)
+
+
+def _field_parser(annotation: Any) -> tuple[Any, bool]:
+    """The scalar type of a config field and whether it is optional."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        arguments = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return arguments[0], True
+    return annotation, False
+
+
+def parse_config(
+    cls: type[ConfigT],
+    argv: Sequence[str] | None = None,
+    *,
+    description: str | None = None,
+    choices: Mapping[str, Sequence[Any]] | None = None,
+) -> ConfigT:
+    """A config of dataclass ``cls`` from command-line arguments.
+
+    Every field becomes an option (``batch_size`` is ``--batch-size``); a
+    boolean gets ``--name`` and ``--no-name``; an optional field accepts
+    ``none``.  The field's documentation in the class docstring is not
+    repeated: ``--help`` shows the defaults.
+    """
+    parser = argparse.ArgumentParser(
+        description=description or cls.__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        kind, optional = _field_parser(hints[field.name])
+        flag = "--" + field.name.replace("_", "-")
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+            continue
+
+        def convert(text: str, kind: Any = kind, optional: bool = optional) -> Any:
+            if optional and text.lower() == "none":
+                return None
+            return kind(text)
+
+        convert.__name__ = getattr(kind, "__name__", "value")
+        extra = {"choices": list(choices[field.name])} if choices and field.name in choices else {}
+        parser.add_argument(flag, type=convert, default=default, **extra)
+    namespace = parser.parse_args(argv)
+    return cls(**vars(namespace))
