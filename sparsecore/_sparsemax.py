@@ -92,12 +92,7 @@ def sparsemax(s: Any, axis: int = -1, *, nan_policy: str = "propagate") -> Any:
     axis = normalize_axis(axis, s.ndim)
     if s.shape[axis] == 0:
         raise ValueError(f"sparsemax needs at least one category along axis={axis}, got shape {s.shape}")
-    scores = to_last(s, axis, xp=xp)
-    if nan_policy == "raise":
-        raise_on_nan(scores, "s", xp=xp)
-    with quiet(xp):
-        probs = sparsemax_last(scores, xp=xp)
-    return from_last(probs, axis, s.dtype, xp=xp)
+    return sparsemax_checked(s, axis, nan_policy, xp=xp)
 
 
 def sparsemax_vjp(p: Any, g: Any, axis: int = -1) -> Any:
@@ -141,6 +136,25 @@ def sparsemax_vjp(p: Any, g: Any, axis: int = -1) -> Any:
     if tuple(p.shape) != tuple(g.shape):
         raise ValueError(f"g must have the shape of p, got g.shape={g.shape} and p.shape={p.shape}")
     axis = normalize_axis(axis, p.ndim)
+    return sparsemax_vjp_checked(p, g, axis, xp=xp)
+
+
+def sparsemax_checked(s: Any, axis: int, nan_policy: str, *, xp: Any) -> Any:
+    """:func:`sparsemax` on validated arguments (``axis`` non-negative).
+
+    The adapters validate at their own boundary and call this, so that a
+    call pays for the checks once.
+    """
+    scores = to_last(s, axis, xp=xp)
+    if nan_policy == "raise":
+        raise_on_nan(scores, "s", xp=xp)
+    with quiet(xp):
+        probs = sparsemax_last(scores, xp=xp)
+    return from_last(probs, axis, s.dtype, xp=xp)
+
+
+def sparsemax_vjp_checked(p: Any, g: Any, axis: int, *, xp: Any) -> Any:
+    """:func:`sparsemax_vjp` on validated arguments (``axis`` non-negative)."""
     with quiet(xp):
         grad = sparsemax_vjp_last(to_last(p, axis, xp=xp), to_last(g, axis, xp=xp), xp=xp)
     return from_last(grad, axis, g.dtype, xp=xp)
@@ -157,9 +171,12 @@ def prepare_rows(scores: Any, *, xp: Any) -> tuple[Any, Any, Any]:
     row_max = xp.max(scores, axis=-1, keepdims=True)
     shifted = scores - row_max
     row_total = xp.sum(shifted, axis=-1, keepdims=True)
-    special = ~xp.isfinite(row_max) | xp.isnan(row_total)
-    if not concrete_any(special, xp=xp):
+    # One test finds every special row: a NaN entry, a +inf maximum
+    # (inf - inf) and a row of only -inf (-inf + inf) all make the shifted
+    # total NaN, while an ordinary row's total is finite or -inf.
+    if not concrete_any(xp.isnan(row_total), xp=xp):
         return shifted, row_total, None
+    special = ~xp.isfinite(row_max) | xp.isnan(row_total)
     nan_rows = xp.any(xp.isnan(scores), axis=-1, keepdims=True)
     posinf_rows = (row_max == xp.inf) & ~nan_rows
     empty_rows = special & ~posinf_rows & ~nan_rows
@@ -182,15 +199,24 @@ def apply_fix(probs: Any, fix: Any, *, xp: Any) -> Any:
     return xp.where(nan_rows, xp.full_like(probs, xp.nan), probs)
 
 
-def newton_step(shifted: Any, state: tuple[Any, Any, Any, Any], *, xp: Any) -> tuple[Any, Any, Any, Any]:
-    """One Michelot/Newton step on the threshold, frozen where converged."""
-    tau, count_before, _, done = state
+def newton_step(
+    shifted: Any, state: tuple[Any, Any, Any, Any], *, xp: Any, start: bool = False
+) -> tuple[Any, Any, Any, Any]:
+    """One Michelot/Newton step on the threshold, frozen where converged.
+
+    ``state`` is ``(tau, size, probs, done)``: ``tau`` is the threshold of a
+    set of ``size`` entries.  ``tau`` is exact when that set is the support
+    ``{shifted > tau}``, and the sets are nested, so comparing sizes decides.
+    After a step the set holds the new support (the support only shrinks);
+    at the ``start`` it may instead lie inside it (a subset's support).
+    """
+    tau, size, _, done = state
     probs = xp.clip(shifted - tau, min=0.0)
     mass = xp.sum(probs, axis=-1, keepdims=True)
     count = xp.sum(sign(probs, xp=xp), axis=-1, keepdims=True)
-    # The support only shrinks; once it stops shrinking the threshold that
-    # produced it is exact and ``probs`` is the answer.
-    done = done | (count >= count_before)
+    # Once the support stops shrinking the threshold that produced it is
+    # exact and ``probs`` is the answer.
+    done = done | ((count == size) if start else (count >= size))
     tau = xp.where(done, tau, tau + (mass - 1.0) / count)
     return tau, count, probs, done
 
@@ -207,26 +233,31 @@ GROUP_MIN_SIZE = 64
 GROUP_SIZE = 8
 
 
-def initial_threshold(shifted: Any, row_total: Any, *, xp: Any) -> tuple[Any, Any]:
-    """A lower bound on the threshold of rows with maximum 0, and where it is exact.
+def initial_threshold(shifted: Any, row_total: Any, *, xp: Any) -> tuple[Any, Any, Any]:
+    """A lower bound on the threshold of rows with maximum 0.
+
+    Returns ``(tau, size, exact)``: ``tau`` is the threshold of a set of
+    ``size`` entries that either holds the support or lies inside it (see
+    :func:`newton_step`), and ``exact`` marks the rows where it is exact.
 
     The threshold of any subset of a row is a lower bound on the row's (the
     subset's mass function lies below the row's), so a subset biased towards
     the largest entries gives a tight start for Newton's method.
     """
     size = shifted.shape[-1]
-    # Two lower bounds: p_max <= 1 (the maximum is 0) and full support.
-    tau = xp.clip((row_total - 1.0) / size, min=-1.0)
-    no_row = xp.zeros(tau.shape, dtype=xp.bool, device=device(shifted))
+    # Two lower bounds: the threshold of all entries, and -1, the threshold
+    # of the maximum alone (p_max <= 1).
+    full_tau = (row_total - 1.0) / size
+    tau = xp.clip(full_tau, min=-1.0)
+    tau_size = xp.where(full_tau > -1.0, xp.full_like(tau, size), xp.ones_like(tau))
     if size >= CANDIDATE_MIN_SIZE and size > CANDIDATES:
         # The largest entries, by native partial selection: their threshold is
         # exact when the smallest of them gets probability 0, because every
         # other entry lies below it too.
         largest = largest_values(shifted, CANDIDATES, xp=xp)
-        subset_tau = threshold_last(largest, xp=xp)
+        subset_tau, subset_size = threshold_last(largest, xp=xp)
         exact = xp.min(largest, axis=-1, keepdims=True) <= subset_tau
-        return xp.maximum(tau, subset_tau), exact
-    if size >= GROUP_MIN_SIZE and size > GROUP_SIZE:
+    elif size >= GROUP_MIN_SIZE and size > GROUP_SIZE:
         # The maxima of groups of consecutive entries: one cheap reduction.
         # Every entry is in a group (the last one possibly shorter), so the
         # maxima hold the row's maximum 0 and are a subset of the row.
@@ -236,21 +267,27 @@ def initial_threshold(shifted: Any, row_total: Any, *, xp: Any) -> tuple[Any, An
         if groups * GROUP_SIZE < size:
             rest = xp.max(shifted[..., groups * GROUP_SIZE :], axis=-1, keepdims=True)
             maxima = xp.concat([maxima, rest], axis=-1)
-        return xp.maximum(tau, threshold_last(maxima, xp=xp)), no_row
-    return tau, no_row
+        subset_tau, subset_size = threshold_last(maxima, xp=xp)
+        exact = xp.zeros(tau.shape, dtype=xp.bool, device=device(shifted))
+    else:
+        return tau, tau_size, xp.zeros(tau.shape, dtype=xp.bool, device=device(shifted))
+    tighter = subset_tau >= tau
+    return xp.where(tighter, subset_tau, tau), xp.where(tighter, subset_size, tau_size), exact
 
 
-def threshold_last(shifted: Any, *, xp: Any) -> Any:
-    """The sparsemax threshold of rows whose maximum is 0 (no special rows)."""
+def threshold_last(shifted: Any, *, xp: Any) -> tuple[Any, Any]:
+    """The sparsemax threshold of rows whose maximum is 0 (no special rows),
+    and the size of their support."""
     row_total = xp.sum(shifted, axis=-1, keepdims=True)
-    tau, exact = initial_threshold(shifted, row_total, xp=xp)
-    return solve(shifted, tau, exact, xp=xp)[0]
+    tau, size, exact = initial_threshold(shifted, row_total, xp=xp)
+    tau, count, _, _ = solve(shifted, tau, size, exact, xp=xp)
+    return tau, count
 
 
-def solve(shifted: Any, tau: Any, done: Any, *, xp: Any) -> tuple[Any, Any, Any, Any]:
-    """Newton's method from the lower bound ``tau``; rows in ``done`` are exact."""
-    count = xp.full_like(tau, shifted.shape[-1] + 1)
-    state = newton_step(shifted, (tau, count, None, done), xp=xp)
+def solve(shifted: Any, tau: Any, size: Any, done: Any, *, xp: Any) -> tuple[Any, Any, Any, Any]:
+    """Newton's method from ``tau``, the threshold of a set of ``size``
+    entries (see :func:`newton_step`); rows in ``done`` are exact."""
+    state = newton_step(shifted, (tau, size, None, done), xp=xp, start=True)
     return while_loop(  # type: ignore[no-any-return]
         lambda state: ~xp.all(state[3]),
         lambda state: newton_step(shifted, state, xp=xp),
@@ -265,13 +302,16 @@ SORT_MAX_SIZE = 32
 
 
 def sorted_threshold(shifted: Any, *, xp: Any) -> Any:
-    """The exact threshold by sorting (Martins and Astudillo's algorithm)."""
+    """The exact threshold by sorting (Martins and Astudillo's algorithm).
+
+    Every prefix of the sorted row has a threshold (its mass at that
+    threshold is 1) that bounds the row's from below, and the prefix that is
+    the support attains it: the threshold is the largest of them.
+    """
     ordered = xp.sort(shifted, axis=-1, descending=True)
     cumulative = xp.cumulative_sum(ordered, axis=-1)
     sizes = xp.arange(1, shifted.shape[-1] + 1, dtype=shifted.dtype, device=device(shifted))
-    # The support is the prefix where 1 + k * z_(k) > sum_{j <= k} z_(j).
-    support = xp.sum(xp.astype(1.0 + sizes * ordered > cumulative, xp.int32), axis=-1, keepdims=True)
-    return (xp.take_along_axis(cumulative, support - 1, axis=-1) - 1.0) / xp.astype(support, shifted.dtype)
+    return xp.max((cumulative - 1.0) / sizes, axis=-1, keepdims=True)
 
 
 def sparsemax_last(scores: Any, *, xp: Any) -> Any:
@@ -281,8 +321,8 @@ def sparsemax_last(scores: Any, *, xp: Any) -> Any:
     if shifted.shape[-1] <= SORT_MAX_SIZE and not is_jax_namespace(xp):
         probs = xp.clip(shifted - sorted_threshold(shifted, xp=xp), min=0.0)
     else:
-        tau, exact = initial_threshold(shifted, row_total, xp=xp)
-        probs = solve(shifted, tau, exact, xp=xp)[2]
+        tau, size, exact = initial_threshold(shifted, row_total, xp=xp)
+        probs = solve(shifted, tau, size, exact, xp=xp)[2]
     return apply_fix(probs, fix, xp=xp)
 
 
