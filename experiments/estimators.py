@@ -407,13 +407,14 @@ def _examples(scores: torch.Tensor) -> torch.Tensor:
 class _Marginalization(Estimator):
     """Exact expectation over the support of a (sparse) distribution."""
 
-    def _distribution(self, scores: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def distribution(self, scores: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The distribution marginalized over: dense probs (N, K), or ``(probs, atoms)``."""
         raise NotImplementedError
 
     def _estimate(
         self, scores: torch.Tensor, loss_fn: _CheckedLoss, baseline_input: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        distribution = self._distribution(scores)
+        distribution = self.distribution(scores)
         if isinstance(distribution, torch.Tensor):
             probs = distribution
             size, dtype = self.size, scores.dtype
@@ -444,7 +445,7 @@ class DenseMarginalization(_Marginalization):
 
     latents = ("categorical",)
 
-    def _distribution(self, scores: torch.Tensor) -> torch.Tensor:
+    def distribution(self, scores: torch.Tensor) -> torch.Tensor:
         return torch.softmax(scores, dim=-1)
 
 
@@ -462,7 +463,7 @@ class SparsemaxMarginalization(_Marginalization):
 
     latents = ("categorical",)
 
-    def _distribution(self, scores: torch.Tensor) -> torch.Tensor:
+    def distribution(self, scores: torch.Tensor) -> torch.Tensor:
         return sparsecore_torch.sparsemax(scores)
 
 
@@ -487,7 +488,7 @@ class TopKSparsemaxMarginalization(_Marginalization):
         self.k = _check_int(k, "k", minimum=1)
         self.structure = BitVector(self.size)
 
-    def _distribution(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def distribution(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return sparsecore_torch.topk_sparsemax_structured(scores, self.structure, self.k)
 
 
@@ -540,7 +541,7 @@ class SparseMAPMarginalization(_Marginalization):
         )
         self.solver_options: dict[str, Any] = {"max_iter": max_iter, "tol": tol, "max_active": max_active}
 
-    def _distribution(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def distribution(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.scoring == "paper":
             scores = (scores + 1.0) / 2.0
         return sparsecore_torch.sparsemap(scores, self.structure, **self.solver_options)

@@ -1,0 +1,216 @@
+"""Run every method of an experiment with one budget and write one comparison table.
+
+    python -m experiments.compare bitvector                 # the small default budget
+    python -m experiments.compare bitvector --epochs 100 --max-train-examples none \\
+        --max-eval-examples none --importance-samples 1024  # the paper's budget
+
+Writes, under ``--out-dir`` (default ``runs/compare``), one folder per
+experiment with a folder per method (metrics, checkpoint, plots), the
+comparison table ``table.md`` (also printed) and the comparison plots
+(learning curves, decoder calls per epoch, and for the bit-vector VAE the
+rate-distortion plane).  Methods already finished in ``--out-dir`` are
+reused with ``--resume``, so an interrupted comparison continues where it
+stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["EXPERIMENTS", "ExperimentSpec", "compare", "main", "markdown_table"]
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    """How to run and tabulate one experiment."""
+
+    config_class: Callable[[], type]
+    run: Callable[[Any], dict[str, Any]]
+    methods: Callable[[], Sequence[str]]
+    columns: Sequence[tuple[str, str, str]]  # (header, test metric key, format)
+    small_budget: Mapping[str, Any]
+    paper: Callable[[Any], Mapping[str, str]] = field(default=lambda config: {})
+    rate_distortion: bool = False
+
+
+def _bitvector_spec() -> ExperimentSpec:
+    def config_class() -> type:
+        from experiments.bitvector_vae import BitVectorConfig
+
+        return BitVectorConfig
+
+    def run(config: Any) -> dict[str, Any]:
+        from experiments.bitvector_vae import run as run_bitvector
+
+        return run_bitvector(config)
+
+    def methods() -> Sequence[str]:
+        from experiments.estimators import BITVECTOR_ESTIMATORS
+
+        return BITVECTOR_ESTIMATORS
+
+    def paper(config: Any) -> Mapping[str, str]:
+        from experiments.bitvector_vae import PAPER_BITS_PER_DIM
+
+        column = {32: 0, 128: 1}.get(config.bits)
+        if column is None:
+            return {}
+        return {method: f"{values[column]:.2f}" for method, values in PAPER_BITS_PER_DIM.items()}
+
+    return ExperimentSpec(
+        config_class=config_class,
+        run=run,
+        methods=methods,
+        columns=(
+            ("NLL (bits/dim)", "nll_bits_per_dim", "{:.3f}"),
+            ("neg. ELBO (nats)", "negative_elbo", "{:.1f}"),
+            ("rate (nats)", "rate", "{:.2f}"),
+            ("distortion (nats)", "distortion", "{:.1f}"),
+        ),
+        small_budget={
+            "epochs": 2,
+            "max_train_examples": 3000,
+            "max_eval_examples": 300,
+            "importance_samples": 64,
+            "eval_samples": 4,
+        },
+        paper=paper,
+        rate_distortion=True,
+    )
+
+
+#: The experiments ``compare`` knows, by command-line name.
+EXPERIMENTS: dict[str, Callable[[], ExperimentSpec]] = {"bitvector": _bitvector_spec}
+
+
+def _calls(result: Mapping[str, Any]) -> str:
+    """Decoder calls per example over training: mean of the epochs' medians, and the overall mean."""
+    history = result["history"]
+    if not history:
+        return "-"
+    medians = [row["calls_median"] for row in history if "calls_median" in row]
+    means = [row["rows_decoded_per_example"] for row in history]
+    return f"{sum(medians) / len(medians):.2f} / {sum(means) / len(means):.2f}"
+
+
+def markdown_table(
+    results: Mapping[str, Mapping[str, Any]],
+    columns: Sequence[tuple[str, str, str]],
+    paper: Mapping[str, str] | None = None,
+    paper_header: str = "paper",
+) -> str:
+    """One row per method: the test metrics, decoder calls, training time and the paper's number."""
+    headers = ["method", *(header for header, _, _ in columns), "decoder calls (median / mean)", "train (s)"]
+    if paper:
+        headers.append(paper_header)
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" + "---:|" * (len(headers) - 1)]
+    for method, result in results.items():
+        test = result["test"]
+        cells = [method]
+        for _, key, style in columns:
+            cells.append(style.format(test[key]) if key in test else "-")
+        cells.append(_calls(result))
+        cells.append(f"{result['train_seconds']:.0f}")
+        if paper:
+            cells.append(paper.get(method, "-"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def compare(
+    name: str, methods: Sequence[str] | None, overrides: Mapping[str, Any], out_dir: Path
+) -> tuple[str, dict[str, Any]]:
+    """Run ``methods`` of experiment ``name`` with one budget; write the table and plots."""
+    from experiments import plots
+
+    spec = EXPERIMENTS[name]()
+    config_class = spec.config_class()
+    chosen = list(methods) if methods else list(spec.methods())
+    unknown = [method for method in chosen if method not in spec.methods()]
+    if unknown:
+        raise ValueError(f"unknown methods for {name}: {unknown}; valid: {', '.join(spec.methods())}")
+    experiment_dir = out_dir / name
+    results: dict[str, Any] = {}
+    base_config: Any = None
+    for method in chosen:
+        settings = {**spec.small_budget, **overrides, "method": method}
+        settings["out_dir"] = str(experiment_dir / method)
+        config = config_class(**settings)
+        base_config = base_config or config
+        finished = Path(config.out_dir) / "result.json"
+        if finished.exists():
+            saved = json.loads(finished.read_text())
+            if saved["config"] == dataclasses.asdict(config):
+                results[method] = saved
+                continue
+        results[method] = spec.run(dataclasses.replace(config, resume=True))
+    paper = spec.paper(base_config) if base_config is not None else {}
+    table = markdown_table(
+        results, spec.columns, paper, "paper (bits/dim)" if name == "bitvector" else "paper"
+    )
+    experiment_dir.mkdir(parents=True, exist_ok=True)
+    (experiment_dir / "table.md").write_text(table)
+    plots.compare_plots(results, experiment_dir, rate_distortion=spec.rate_distortion)
+    return table, results
+
+
+def _parse_value(text: str) -> Any:
+    lowered = text.lower()
+    if lowered == "none":
+        return None
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("experiment", choices=[*EXPERIMENTS, "all"])
+    parser.add_argument("--methods", nargs="+", help="a subset of the methods (default: all)")
+    parser.add_argument("--out-dir", default="runs/compare")
+    args, rest = parser.parse_known_args(argv)
+    # Every other --option is a field of the experiment's config (--epochs 5, --bits 128, ...).
+    overrides: dict[str, Any] = {}
+    index = 0
+    while index < len(rest):
+        option = rest[index]
+        if not option.startswith("--"):
+            parser.error(f"unexpected argument {option!r}")
+        key = option[2:].replace("-", "_")
+        if key.startswith("no_"):
+            overrides[key[3:]] = False
+            index += 1
+        elif index + 1 < len(rest) and not rest[index + 1].startswith("--"):
+            overrides[key] = _parse_value(rest[index + 1])
+            index += 2
+        else:
+            overrides[key] = True
+            index += 1
+    names = list(EXPERIMENTS) if args.experiment == "all" else [args.experiment]
+    for name in names:
+        fields = {f.name for f in dataclasses.fields(EXPERIMENTS[name]().config_class())}
+        unknown = sorted(set(overrides) - fields)
+        if unknown:
+            parser.error(f"{name}: unknown options {', '.join('--' + u.replace('_', '-') for u in unknown)}")
+        table, _ = compare(name, args.methods, overrides, Path(args.out_dir))
+        print(f"\n## {name}\n\n{table}")
+        print(f"table and plots in {Path(args.out_dir) / name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
