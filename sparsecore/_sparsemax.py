@@ -278,6 +278,12 @@ def initial_threshold(shifted: Any, row_total: Any, *, xp: Any) -> tuple[Any, An
 def threshold_last(shifted: Any, *, xp: Any) -> tuple[Any, Any]:
     """The sparsemax threshold of rows whose maximum is 0 (no special rows),
     and the size of their support."""
+    if sorts(shifted, xp=xp):
+        tau = sorted_threshold(shifted, xp=xp)
+        # The support counted as Newton's step counts it, so that it lies
+        # inside the support of any superset at this threshold.
+        count = xp.sum(sign(xp.clip(shifted - tau, min=0.0), xp=xp), axis=-1, keepdims=True)
+        return tau, count
     row_total = xp.sum(shifted, axis=-1, keepdims=True)
     tau, size, exact = initial_threshold(shifted, row_total, xp=xp)
     tau, count, _, _ = solve(shifted, tau, size, exact, xp=xp)
@@ -297,8 +303,27 @@ def solve(shifted: Any, tau: Any, size: Any, done: Any, *, xp: Any) -> tuple[Any
 
 
 # Rows at most this long sort (a few operations in all, where the per-call
-# overhead dominates); longer rows iterate.
+# overhead dominates) when the whole array has at most SORT_MAX_ELEMENTS
+# entries (PyTorch's CPU sort slows down sharply on larger arrays); other
+# rows iterate.
 SORT_MAX_SIZE = 32
+SORT_MAX_ELEMENTS = 16384
+
+
+def sorts(shifted: Any, *, xp: Any) -> bool:
+    """Whether the threshold of these rows is found by sorting."""
+    # XLA's CPU sort costs more than a few fused Newton passes: JAX iterates.
+    size = shifted.shape[-1]
+    small = size <= SORT_MAX_SIZE and size * batch_size(shifted) <= SORT_MAX_ELEMENTS
+    return small and not is_jax_namespace(xp)
+
+
+def batch_size(x: Any) -> int:
+    """The number of rows of ``x`` (its shape without the last axis)."""
+    rows = 1
+    for extent in x.shape[:-1]:
+        rows *= extent
+    return rows
 
 
 def sorted_threshold(shifted: Any, *, xp: Any) -> Any:
@@ -317,8 +342,7 @@ def sorted_threshold(shifted: Any, *, xp: Any) -> Any:
 def sparsemax_last(scores: Any, *, xp: Any) -> Any:
     """Sparsemax along the last axis of a floating array (no validation)."""
     shifted, row_total, fix = prepare_rows(scores, xp=xp)
-    # XLA's CPU sort costs more than a few fused Newton passes: JAX iterates.
-    if shifted.shape[-1] <= SORT_MAX_SIZE and not is_jax_namespace(xp):
+    if sorts(shifted, xp=xp):
         probs = xp.clip(shifted - sorted_threshold(shifted, xp=xp), min=0.0)
     else:
         tau, size, exact = initial_threshold(shifted, row_total, xp=xp)
