@@ -1,13 +1,14 @@
-# Two commands: `make bench` runs the main job, `make test` runs the tests.
-# Both create their own virtual environment from pyproject.toml's extras, with
-# torch pinned to its CPU build by constraints.txt.
+# Two commands: `make compare` runs the main job (the experiments' comparison),
+# `make test` runs the tests; `make bench` runs the benchmarks.  Each creates
+# its own virtual environment from pyproject.toml's extras, with torch pinned
+# to its CPU build by constraints.txt.
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.sparsecore-deps
 
-.PHONY: test bench lint typecheck install clean
+.PHONY: test bench compare data lint typecheck install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +25,21 @@ test: install
 
 bench: install
 	$(BIN)/python benchmarks/sparsemax.py
+	$(BIN)/python benchmarks/marginalize.py
+	$(BIN)/python benchmarks/structured.py
+
+# Fashion-MNIST from Debian's package when it is not there yet (needs root and
+# apt); otherwise experiments/data.py looks in --data-dir, $$SPARSECORE_DATA,
+# the cache, and downloads from the canonical location.
+data:
+	@test -d /usr/share/datasets/fashion-mnist || \
+	  { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; } || \
+	  echo "could not install dataset-fashion-mnist; experiments/data.py will look elsewhere or download"
+
+# The main job: every estimator of the bit-vector VAE with the embedded small
+# budget; the table and plots land in runs/compare/.
+compare: install data
+	$(BIN)/python -m experiments.compare bitvector
 
 lint: $(STAMP)
 	$(BIN)/ruff check sparsecore adapters experiments tests benchmarks

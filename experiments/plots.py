@@ -46,7 +46,7 @@ def _valid_metric(history: Sequence[Mapping[str, Any]]) -> str | None:
 
 def learning_curves_plot(results: Results, path: str | Path, valid_key: str | None = None) -> Path:
     """Training loss and a validation metric against epochs, one line per run."""
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11.5, 4))
     for name, result in results.items():
         history = result["history"]
         epochs = [row["epoch"] + 1 for row in history]
@@ -58,13 +58,13 @@ def learning_curves_plot(results: Results, path: str | Path, valid_key: str | No
     left.set_xlabel("epoch")
     left.set_ylabel("training loss")
     right.set_xlabel("epoch")
-    left.legend(fontsize="small")
+    right.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
     return _save(figure, Path(path))
 
 
 def decoder_calls_plot(results: Results, path: str | Path) -> Path:
     """Median decoder calls per example against epochs, interquartile range shaded, log scale."""
-    figure, axis = plt.subplots(figsize=(6, 4))
+    figure, axis = plt.subplots(figsize=(7.5, 4))
     for name, result in results.items():
         history = result["history"]
         epochs = [row["epoch"] + 1 for row in history]
@@ -79,7 +79,7 @@ def decoder_calls_plot(results: Results, path: str | Path) -> Path:
     axis.set_yscale("log")
     axis.set_xlabel("epoch")
     axis.set_ylabel("decoder calls per example (median, IQR)")
-    axis.legend(fontsize="small")
+    axis.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
     return _save(figure, Path(path))
 
 
