@@ -38,8 +38,11 @@ data:
 
 # The main job: every estimator of the bit-vector VAE with the embedded small
 # budget; the table and plots land in runs/compare/.
+# glibc's malloc otherwise maps and unmaps the large decoder buffers at every
+# step (a third of the time went to page faults, measured on the VAE decoder).
 compare: install data
-	$(BIN)/python -m experiments.compare bitvector
+	GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296 \
+	  $(BIN)/python -m experiments.compare bitvector
 
 lint: $(STAMP)
 	$(BIN)/ruff check sparsecore adapters experiments tests benchmarks
