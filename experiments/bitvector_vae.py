@@ -38,6 +38,8 @@ from experiments.estimators import BITVECTOR_ESTIMATORS, Estimator, make_estimat
 
 __all__ = [
     "PAPER_BITS_PER_DIM",
+    "SMALL_BUDGET",
+    "TABLE_COLUMNS",
     "BitVectorConfig",
     "BitVectorExperiment",
     "BitVectorVAE",
@@ -61,6 +63,24 @@ PAPER_BITS_PER_DIM = {
     "topk_sparsemax": (3.62, 3.61),
     "sparsemap": (3.72, 3.67),
     "sparsemap_budget": (3.64, 3.66),
+}
+
+
+#: The comparison table's columns: (header, test metric, format).
+TABLE_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("NLL (bits/dim)", "nll_bits_per_dim", "{:.3f}"),
+    ("neg. ELBO (nats)", "negative_elbo", "{:.1f}"),
+    ("rate (nats)", "rate", "{:.2f}"),
+    ("distortion (nats)", "distortion", "{:.1f}"),
+)
+#: Config overrides of ``python -m experiments.compare bitvector``'s default
+#: budget: every method in about 10 minutes on a 2-core CPU.
+SMALL_BUDGET: dict[str, Any] = {
+    "epochs": 2,
+    "max_train_examples": 3000,
+    "max_eval_examples": 300,
+    "importance_samples": 64,
+    "eval_samples": 4,
 }
 
 

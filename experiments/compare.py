@@ -1,6 +1,7 @@
 """Run every method of an experiment with one budget and write one comparison table.
 
     python -m experiments.compare bitvector                 # the small default budget
+    python -m experiments.compare all                       # every experiment, one after another
     python -m experiments.compare bitvector --epochs 100 --max-train-examples none \\
         --max-eval-examples none --importance-samples 1024  # the paper's budget
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -29,65 +31,63 @@ __all__ = ["EXPERIMENTS", "ExperimentSpec", "compare", "main", "markdown_table"]
 
 @dataclass(frozen=True)
 class ExperimentSpec:
-    """How to run and tabulate one experiment."""
+    """How to run and tabulate one experiment.
 
-    config_class: Callable[[], type]
-    run: Callable[[Any], dict[str, Any]]
+    ``module`` is the experiment's module under ``experiments``: it defines
+    the config class ``config``, ``run(config)``, ``SMALL_BUDGET`` (the
+    default budget's config overrides) and ``TABLE_COLUMNS``.
+    """
+
+    module: str
+    config: str
     methods: Callable[[], Sequence[str]]
-    columns: Sequence[tuple[str, str, str]]  # (header, test metric key, format)
-    small_budget: Mapping[str, Any]
     paper: Callable[[Any], Mapping[str, str]] = field(default=lambda config: {})
+    paper_header: str = "paper"
     rate_distortion: bool = False
 
+    def load(self) -> Any:
+        return importlib.import_module(f"experiments.{self.module}")
 
-def _bitvector_spec() -> ExperimentSpec:
-    def config_class() -> type:
-        from experiments.bitvector_vae import BitVectorConfig
+    def config_class(self) -> type:
+        return getattr(self.load(), self.config)  # type: ignore[no-any-return]
 
-        return BitVectorConfig
 
-    def run(config: Any) -> dict[str, Any]:
-        from experiments.bitvector_vae import run as run_bitvector
+def _categorical_methods() -> Sequence[str]:
+    from experiments.estimators import CATEGORICAL_ESTIMATORS
 
-        return run_bitvector(config)
+    return CATEGORICAL_ESTIMATORS
 
-    def methods() -> Sequence[str]:
-        from experiments.estimators import BITVECTOR_ESTIMATORS
 
-        return BITVECTOR_ESTIMATORS
+def _bitvector_methods() -> Sequence[str]:
+    from experiments.estimators import BITVECTOR_ESTIMATORS
 
-    def paper(config: Any) -> Mapping[str, str]:
-        from experiments.bitvector_vae import PAPER_BITS_PER_DIM
+    return BITVECTOR_ESTIMATORS
 
-        column = {32: 0, 128: 1}.get(config.bits)
-        if column is None:
-            return {}
-        return {method: f"{values[column]:.2f}" for method, values in PAPER_BITS_PER_DIM.items()}
 
-    return ExperimentSpec(
-        config_class=config_class,
-        run=run,
-        methods=methods,
-        columns=(
-            ("NLL (bits/dim)", "nll_bits_per_dim", "{:.3f}"),
-            ("neg. ELBO (nats)", "negative_elbo", "{:.1f}"),
-            ("rate (nats)", "rate", "{:.2f}"),
-            ("distortion (nats)", "distortion", "{:.1f}"),
-        ),
-        small_budget={
-            "epochs": 2,
-            "max_train_examples": 3000,
-            "max_eval_examples": 300,
-            "importance_samples": 64,
-            "eval_samples": 4,
-        },
-        paper=paper,
-        rate_distortion=True,
-    )
+def _bitvector_paper(config: Any) -> Mapping[str, str]:
+    from experiments.bitvector_vae import PAPER_BITS_PER_DIM
+
+    column = {32: 0, 128: 1}.get(config.bits)
+    if column is None:
+        return {}
+    return {method: f"{values[column]:.2f}" for method, values in PAPER_BITS_PER_DIM.items()}
+
+
+def _ssvae_paper(config: Any) -> Mapping[str, str]:
+    from experiments.ssvae import PAPER_ACCURACY
+
+    return {method: f"{accuracy:.2f} ({calls:g})" for method, (accuracy, calls) in PAPER_ACCURACY.items()}
 
 
 #: The experiments ``compare`` knows, by command-line name.
-EXPERIMENTS: dict[str, Callable[[], ExperimentSpec]] = {"bitvector": _bitvector_spec}
+EXPERIMENTS: dict[str, ExperimentSpec] = {
+    "ssvae": ExperimentSpec(
+        "ssvae", "SemiSupervisedConfig", _categorical_methods, _ssvae_paper, "paper: MNIST accuracy % (calls)"
+    ),
+    "bitvector": ExperimentSpec(
+        "bitvector_vae", "BitVectorConfig", _bitvector_methods, _bitvector_paper, "paper (bits/dim)", True
+    ),
+}
 
 
 def _calls(result: Mapping[str, Any]) -> str:
@@ -130,7 +130,8 @@ def compare(
     """Run ``methods`` of experiment ``name`` with one budget; write the table and plots."""
     from experiments import plots
 
-    spec = EXPERIMENTS[name]()
+    spec = EXPERIMENTS[name]
+    module = spec.load()
     config_class = spec.config_class()
     chosen = list(methods) if methods else list(spec.methods())
     unknown = [method for method in chosen if method not in spec.methods()]
@@ -140,7 +141,7 @@ def compare(
     results: dict[str, Any] = {}
     base_config: Any = None
     for method in chosen:
-        settings = {**spec.small_budget, **overrides, "method": method}
+        settings = {**module.SMALL_BUDGET, **overrides, "method": method}
         settings["out_dir"] = str(experiment_dir / method)
         config = config_class(**settings)
         base_config = base_config or config
@@ -150,11 +151,9 @@ def compare(
             if saved["config"] == dataclasses.asdict(config):
                 results[method] = saved
                 continue
-        results[method] = spec.run(dataclasses.replace(config, resume=True))
+        results[method] = module.run(dataclasses.replace(config, resume=True))
     paper = spec.paper(base_config) if base_config is not None else {}
-    table = markdown_table(
-        results, spec.columns, paper, "paper (bits/dim)" if name == "bitvector" else "paper"
-    )
+    table = markdown_table(results, module.TABLE_COLUMNS, paper, spec.paper_header)
     experiment_dir.mkdir(parents=True, exist_ok=True)
     (experiment_dir / "table.md").write_text(table)
     plots.compare_plots(results, experiment_dir, rate_distortion=spec.rate_distortion)
@@ -201,12 +200,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             overrides[key] = True
             index += 1
     names = list(EXPERIMENTS) if args.experiment == "all" else [args.experiment]
+    fields = {name: {f.name for f in dataclasses.fields(EXPERIMENTS[name].config_class())} for name in names}
+    unknown = sorted(set(overrides) - set().union(*fields.values()))
+    if unknown:
+        parser.error(f"unknown options {', '.join('--' + u.replace('_', '-') for u in unknown)}")
     for name in names:
-        fields = {f.name for f in dataclasses.fields(EXPERIMENTS[name]().config_class())}
-        unknown = sorted(set(overrides) - fields)
-        if unknown:
-            parser.error(f"{name}: unknown options {', '.join('--' + u.replace('_', '-') for u in unknown)}")
-        table, _ = compare(name, args.methods, overrides, Path(args.out_dir))
+        # With "all", an option applies to the experiments that have it (--bits to the VAE).
+        known = {key: value for key, value in overrides.items() if key in fields[name]}
+        methods = args.methods
+        if args.experiment == "all" and methods:
+            methods = [method for method in methods if method in EXPERIMENTS[name].methods()]
+        table, _ = compare(name, methods, known, Path(args.out_dir))
         print(f"\n## {name}\n\n{table}")
         print(f"table and plots in {Path(args.out_dir) / name}")
     return 0

@@ -205,3 +205,36 @@ def test_compare_writes_a_table_and_plots(tmp_path):
     assert again == table
     with pytest.raises(ValueError, match="unknown methods"):
         compare.compare("bitvector", ["dense"], overrides, tmp_path)
+
+
+def test_compare_command_line(tmp_path, capsys):
+    code = compare.main(
+        [
+            "bitvector",
+            "--methods",
+            "sfe",
+            "--out-dir",
+            str(tmp_path),
+            "--dataset",
+            "synthetic",
+            "--synthetic-size",
+            "64",
+            "--bits",
+            "4",
+            "--epochs",
+            "1",
+            "--importance-samples",
+            "2",
+            "--max-eval-examples",
+            "4",
+            "--hidden",
+            "8",
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    assert "| sfe |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        compare.main(["bitvector", "--no-such-option", "1"])
+    with pytest.raises(SystemExit):
+        compare.main(["nothing"])
