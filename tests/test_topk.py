@@ -259,7 +259,7 @@ def test_topk_on_a_ragged_long_row_keeps_the_last_entries(xp_name, make):
     """k largest entries all in the last partial group of 8 of a 100-long row."""
     ramp = np.linspace(0.0, 1.0, 100)
     data = np.stack([ramp, ramp[::-1].copy()])
-    with time_limit(xp_name, 5.0 if xp_name == "jax" else 1.0, "topk_sparsemax on a 100-long ramp"):
+    with time_limit(xp_name, 60.0 if xp_name == "jax" else 20.0, "topk_sparsemax on a 100-long ramp"):
         for k in (1, 3):
             probs = topk_sparsemax(make(data), k)
             assert_close(probs, topk_sparsemax_bruteforce(data, k), err_msg=f"k={k}")
