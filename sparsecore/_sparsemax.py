@@ -204,21 +204,22 @@ def newton_step(
 ) -> tuple[Any, Any, Any, Any]:
     """One Michelot/Newton step on the threshold, frozen where converged.
 
-    ``state`` is ``(tau, size, probs, done)``: ``tau`` is the threshold of a
-    set of ``size`` entries.  ``tau`` is exact when that set is the support
-    ``{shifted > tau}``, and the sets are nested, so comparing sizes decides.
-    After a step the set holds the new support (the support only shrinks);
-    at the ``start`` it may instead lie inside it (a subset's support).
+    ``state`` is ``(tau, size, probs, active)``: ``tau`` is the threshold of
+    a set of ``size`` entries, and ``active`` marks the rows still iterating.
+    ``tau`` is exact when that set is the support ``{shifted > tau}``, and
+    the sets are nested, so comparing sizes decides.  After a step the set
+    holds the new support (the support only shrinks); at the ``start`` it
+    may instead lie inside it (a subset's support).
     """
-    tau, size, _, done = state
+    tau, size, _, active = state
     probs = xp.clip(shifted - tau, min=0.0)
     mass = xp.sum(probs, axis=-1, keepdims=True)
     count = xp.sum(sign(probs, xp=xp), axis=-1, keepdims=True)
     # Once the support stops shrinking the threshold that produced it is
     # exact and ``probs`` is the answer.
-    done = done | ((count == size) if start else (count >= size))
-    tau = xp.where(done, tau, tau + (mass - 1.0) / count)
-    return tau, count, probs, done
+    active = active & ((count != size) if start else (count < size))
+    tau = xp.where(active, tau + (mass - 1.0) / count, tau)
+    return tau, count, probs, active
 
 
 # Rows at least this long start from the threshold of their largest entries.
@@ -233,8 +234,9 @@ GROUP_MIN_SIZE = 64
 GROUP_SIZE = 8
 
 
-def initial_threshold(shifted: Any, row_total: Any, *, xp: Any) -> tuple[Any, Any, Any]:
-    """A lower bound on the threshold of rows with maximum 0.
+def initial_threshold(shifted: Any, row_total: Any | None, *, xp: Any) -> tuple[Any, Any, Any]:
+    """A lower bound on the threshold of rows with maximum 0 and sums ``row_total``
+    (computed here when ``None`` and needed).
 
     Returns ``(tau, size, exact)``: ``tau`` is the threshold of a set of
     ``size`` entries that either holds the support or lies inside it (see
@@ -245,11 +247,6 @@ def initial_threshold(shifted: Any, row_total: Any, *, xp: Any) -> tuple[Any, An
     the largest entries gives a tight start for Newton's method.
     """
     size = shifted.shape[-1]
-    # Two lower bounds: the threshold of all entries, and -1, the threshold
-    # of the maximum alone (p_max <= 1).
-    full_tau = (row_total - 1.0) / size
-    tau = xp.clip(full_tau, min=-1.0)
-    tau_size = xp.where(full_tau > -1.0, xp.full_like(tau, size), xp.ones_like(tau))
     if size >= CANDIDATE_MIN_SIZE and size > CANDIDATES:
         # The largest entries, by native partial selection: their threshold is
         # exact when the smallest of them gets probability 0, because every
@@ -268,11 +265,20 @@ def initial_threshold(shifted: Any, row_total: Any, *, xp: Any) -> tuple[Any, An
             rest = xp.max(shifted[..., groups * GROUP_SIZE :], axis=-1, keepdims=True)
             maxima = xp.concat([maxima, rest], axis=-1)
         subset_tau, subset_size = threshold_last(maxima, xp=xp)
-        exact = xp.zeros(tau.shape, dtype=xp.bool, device=device(shifted))
+        exact = xp.zeros(subset_tau.shape, dtype=xp.bool, device=device(shifted))
     else:
+        # Two lower bounds: the threshold of all entries, and -1, the
+        # threshold of the maximum alone (p_max <= 1).  A subset's threshold
+        # is at least -1 (the subset holds the maximum); only rows with an
+        # almost full support start lower from it than from all entries, and
+        # those take one more step.
+        if row_total is None:
+            row_total = xp.sum(shifted, axis=-1, keepdims=True)
+        full_tau = (row_total - 1.0) / size
+        tau = xp.clip(full_tau, min=-1.0)
+        tau_size = xp.where(full_tau > -1.0, xp.full_like(tau, size), xp.ones_like(tau))
         return tau, tau_size, xp.zeros(tau.shape, dtype=xp.bool, device=device(shifted))
-    tighter = subset_tau >= tau
-    return xp.where(tighter, subset_tau, tau), xp.where(tighter, subset_size, tau_size), exact
+    return subset_tau, subset_size, exact
 
 
 def threshold_last(shifted: Any, *, xp: Any) -> tuple[Any, Any]:
@@ -284,18 +290,17 @@ def threshold_last(shifted: Any, *, xp: Any) -> tuple[Any, Any]:
         # inside the support of any superset at this threshold.
         count = xp.sum(sign(xp.clip(shifted - tau, min=0.0), xp=xp), axis=-1, keepdims=True)
         return tau, count
-    row_total = xp.sum(shifted, axis=-1, keepdims=True)
-    tau, size, exact = initial_threshold(shifted, row_total, xp=xp)
+    tau, size, exact = initial_threshold(shifted, None, xp=xp)
     tau, count, _, _ = solve(shifted, tau, size, exact, xp=xp)
     return tau, count
 
 
-def solve(shifted: Any, tau: Any, size: Any, done: Any, *, xp: Any) -> tuple[Any, Any, Any, Any]:
+def solve(shifted: Any, tau: Any, size: Any, exact: Any, *, xp: Any) -> tuple[Any, Any, Any, Any]:
     """Newton's method from ``tau``, the threshold of a set of ``size``
-    entries (see :func:`newton_step`); rows in ``done`` are exact."""
-    state = newton_step(shifted, (tau, size, None, done), xp=xp, start=True)
+    entries (see :func:`newton_step`); rows in ``exact`` are exact."""
+    state = newton_step(shifted, (tau, size, None, ~exact), xp=xp, start=True)
     return while_loop(  # type: ignore[no-any-return]
-        lambda state: ~xp.all(state[3]),
+        lambda state: xp.any(state[3]),
         lambda state: newton_step(shifted, state, xp=xp),
         state,
         xp=xp,
