@@ -36,13 +36,13 @@ data:
 	  { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; } || \
 	  echo "could not install dataset-fashion-mnist; experiments/data.py will look elsewhere or download"
 
-# The main job: every estimator of the bit-vector VAE with the embedded small
+# The main job: every estimator of the three experiments with the embedded small
 # budget; the table and plots land in runs/compare/.
 # glibc's malloc otherwise maps and unmaps the large decoder buffers at every
 # step (a third of the time went to page faults, measured on the VAE decoder).
 compare: install data
 	GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296 \
-	  $(BIN)/python -m experiments.compare bitvector
+	  $(BIN)/python -m experiments.compare all
 
 lint: $(STAMP)
 	$(BIN)/ruff check sparsecore adapters experiments tests benchmarks

@@ -79,10 +79,29 @@ def _ssvae_paper(config: Any) -> Mapping[str, str]:
     return {method: f"{accuracy:.2f} ({calls:g})" for method, (accuracy, calls) in PAPER_ACCURACY.items()}
 
 
+def _signaling_methods() -> Sequence[str]:
+    from experiments.signaling import METHODS
+
+    return METHODS
+
+
+def _signaling_paper(config: Any) -> Mapping[str, str]:
+    from experiments.signaling import PAPER_SUCCESS
+
+    return {method: f"{success:.2f} ({calls:g})" for method, (success, calls) in PAPER_SUCCESS.items()}
+
+
 #: The experiments ``compare`` knows, by command-line name.
 EXPERIMENTS: dict[str, ExperimentSpec] = {
     "ssvae": ExperimentSpec(
         "ssvae", "SemiSupervisedConfig", _categorical_methods, _ssvae_paper, "paper: MNIST accuracy % (calls)"
+    ),
+    "signaling": ExperimentSpec(
+        "signaling",
+        "SignalingConfig",
+        _signaling_methods,
+        _signaling_paper,
+        "paper: ImageNet success % (calls)",
     ),
     "bitvector": ExperimentSpec(
         "bitvector_vae", "BitVectorConfig", _bitvector_methods, _bitvector_paper, "paper (bits/dim)", True
