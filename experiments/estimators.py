@@ -563,6 +563,18 @@ class _RunningBaseline(Estimator):
     baseline: torch.Tensor
     baseline_updates: torch.Tensor
 
+    def __init__(
+        self,
+        latent: str,
+        size: int,
+        *,
+        baseline: str = "ema",
+        decay: float = 0.99,
+        **options: Any,
+    ) -> None:
+        super().__init__(latent, size, **options)
+        self._init_baseline(baseline, decay)
+
     def _init_baseline(self, kind: str, decay: float) -> None:
         if kind not in ("ema", "cumulative"):
             raise ValueError(f"baseline must be 'ema' or 'cumulative', got {kind!r}")
@@ -631,18 +643,6 @@ class ScoreFunction(_RunningBaseline):
     decay : float, default 0.99
         The moving average's decay (``"ema"`` only).
     """
-
-    def __init__(
-        self,
-        latent: str,
-        size: int,
-        *,
-        baseline: str = "ema",
-        decay: float = 0.99,
-        **options: Any,
-    ) -> None:
-        super().__init__(latent, size, **options)
-        self._init_baseline(baseline, decay)
 
     def _estimate(
         self, scores: torch.Tensor, loss_fn: _CheckedLoss, baseline_input: torch.Tensor | None
@@ -722,7 +722,7 @@ class NVIL(_RunningBaseline):
         decay: float = 0.99,
         **options: Any,
     ) -> None:
-        super().__init__(latent, size, **options)
+        super().__init__(latent, size, baseline="ema", decay=decay, **options)
         self.baseline_features = _check_int(baseline_features, "baseline_features", minimum=1)
         hidden = _check_int(hidden, "hidden", minimum=1)
         self.baseline_net = torch.nn.Sequential(
@@ -731,7 +731,6 @@ class NVIL(_RunningBaseline):
             torch.nn.Linear(hidden, 1),
         )
         self.centering = bool(centering)
-        self._init_baseline("ema", decay)
 
     def _estimate(
         self, scores: torch.Tensor, loss_fn: _CheckedLoss, baseline_input: torch.Tensor | None
@@ -791,18 +790,6 @@ class SumAndSample(_RunningBaseline):
     """
 
     latents = ("categorical",)
-
-    def __init__(
-        self,
-        latent: str,
-        size: int,
-        *,
-        baseline: str = "ema",
-        decay: float = 0.99,
-        **options: Any,
-    ) -> None:
-        super().__init__(latent, size, **options)
-        self._init_baseline(baseline, decay)
 
     def _estimate(
         self, scores: torch.Tensor, loss_fn: _CheckedLoss, baseline_input: torch.Tensor | None
