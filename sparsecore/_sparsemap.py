@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
-from array_api_compat import device
+from array_api_compat import device, is_torch_namespace
 
 from ._lib._namespace import array_namespace, is_jax_namespace, quiet, while_loop
 from ._lib._validation import check_floating
@@ -216,6 +216,464 @@ def _kkt_solve(gram: Any, active: Any, rhs: Any, total: float, *, xp: Any) -> An
     return solution[..., :slots] * active
 
 
+class _Rows(NamedTuple):
+    """The state of the active set for a batch of rows.
+
+    ``atoms`` (n, C, D) and ``inverse`` (n, C, C) are the large arrays; every
+    other field is (n, C) or (n,).  ``inverse`` is the inverse of the
+    bordered Gram matrix ``A_S A_S^T + 1 1^T`` of the active atoms S (zero
+    outside S); it is positive definite while the active atoms are
+    affinely independent, which the method maintains.  ``left`` and
+    ``right`` are ``inverse @ (A_S t)`` and ``inverse @ 1``: the equality
+    constrained minimizer on S is ``left + c * right`` with ``c`` fixing the
+    sum to 1, so no linear system is solved in the loop.  ``sizes`` holds
+    ``|a_i|^2``, and ``fresh`` marks rows whose ``inverse`` was just computed
+    from their atoms (see :func:`_refresh`).
+    """
+
+    t: Any
+    gap_tol: Any
+    atoms: Any
+    inverse: Any
+    left: Any
+    right: Any
+    weights: Any
+    active: Any
+    sizes: Any
+    converged: Any
+    done: Any
+    fresh: Any
+
+
+class _Update(NamedTuple):
+    """One iteration's result: the new small arrays and the rank-one update.
+
+    The caller applies ``inverse += coef * outer(direction, direction)``,
+    writes ``candidate`` into the new slot of the rows in ``grow``, and
+    recomputes ``inverse`` of the rows in ``doubtful`` (see :func:`_iterate`).
+    """
+
+    left: Any
+    right: Any
+    weights: Any
+    active: Any
+    sizes: Any
+    converged: Any
+    done: Any
+    fresh: Any
+    direction: Any
+    coef: Any
+    candidate: Any
+    grow: Any
+    doubtful: Any
+
+
+def _iterate(state: _Rows, new_slot: Any, room: Any, structure: Any, *, xp: Any) -> _Update:
+    """One active-set iteration on every row (finished rows do not change).
+
+    A row whose equality-constrained minimizer has a negative weight steps
+    back towards it and drops the first atom that reaches 0 (a rank-one
+    downdate of ``inverse``); otherwise the oracle's best atom against the
+    residual either certifies the row (duality gap at most ``gap_tol``, or
+    the atom is already active) or enters slot ``new_slot`` (a boolean
+    (n, C) mask with one true entry per row), a rank-one update.  ``room``
+    says which rows may still add an atom.
+
+    Rank-one updates lose accuracy when the active atoms are nearly affinely
+    dependent, which happens.  A row is ``doubtful`` when its gap exceeds
+    ``gap_tol`` but the oracle's atom is known or nearly in the affine hull
+    of the active ones: unless its ``inverse`` is fresh, the caller
+    recomputes it and the row repeats the iteration.  With a fresh
+    ``inverse`` such a row stops, converged when the gap is at most
+    ``sqrt(eps) * (1 + ||t||^2)`` (rounding, as the gap of an atom in the
+    hull is 0 at the exact minimizer), else unconverged.
+    """
+    t, gap_tol, atoms, inverse, left, right, weights, active, sizes, converged, done, fresh = state
+    dtype = t.dtype
+    live = ~done
+    mask = xp.astype(active, dtype)
+    shift = (1.0 - xp.sum(left, axis=-1, keepdims=True)) / xp.sum(right, axis=-1, keepdims=True)
+    solved = (left + shift * right) * mask
+    # Step back towards the solution when a weight would turn negative.
+    negative = active & (solved < 0)
+    backtrack = xp.any(negative, axis=-1) & live
+    safe_gap = xp.where(negative, weights - solved, xp.ones_like(weights))
+    ratio = xp.where(negative, weights / safe_gap, xp.full_like(weights, xp.inf))
+    step = xp.min(ratio, axis=-1, keepdims=True)
+    drop = xp.argmin(ratio, axis=-1)
+    positions = xp.arange(weights.shape[-1], device=device(weights))
+    dropped = positions[None, :] == drop[:, None]
+    stepped = xp.clip(weights + step * (solved - weights), min=0.0)
+    stepped = xp.where(dropped | ~active, xp.zeros_like(stepped), stepped)
+    # Otherwise ask the oracle for the best atom against the residual.
+    marginals = (solved[:, None, :] @ atoms)[:, 0, :]
+    residual = t - marginals
+    candidate = structure.argmax(residual)
+    gap = xp.sum((candidate - marginals) * residual, axis=-1)
+    links = (atoms @ candidate[:, :, None])[:, :, 0]  # <a_i, z> for every slot i
+    size = xp.sum(candidate * candidate, axis=-1)
+    # 0/1 atoms: ||a_i - z||^2 = |a_i| + |z| - 2 <a_i, z> is an integer.
+    known = xp.any(active & (sizes + size[:, None] - 2.0 * links < 0.5), axis=-1)
+    certified = live & ~backtrack & (gap <= gap_tol)
+    # Entering atom z: with g = bordered Gram column and h = inverse @ g, the
+    # new inverse is inverse + e e^T / s, e = h - (new slot), s = |z|^2 + 1 - g.h.
+    bordered = (links + 1.0) * mask
+    image = (inverse @ bordered[:, :, None])[:, :, 0] * mask
+    schur = size + 1.0 - xp.sum(bordered * image, axis=-1)
+    # A Schur complement that vanishes means z is in the affine hull of the
+    # active atoms (only by rounding, as the gap is positive): the row stops
+    # unconverged rather than dividing by it.
+    eps = float(xp.finfo(dtype).eps)
+    independent = schur > 100.0 * eps * (size + 1.0)
+    clearly = schur > eps**0.5 * (size + 1.0)
+    unsure = live & ~backtrack & ~certified & (known | ~clearly)
+    doubtful = unsure & ~fresh
+    # The gap of an atom in the affine hull of the active ones (a known atom
+    # is the simplest case) is 0 at the exact minimizer: with a fresh
+    # inverse, such a small gap is rounding.
+    loose = eps**0.5 * (1.0 + xp.sum(t * t, axis=-1))
+    optimal = certified | (unsure & fresh & (gap <= loose))
+    wants = live & ~backtrack & ~optimal & ~doubtful
+    grow = wants & room & independent & ~known
+    stuck = wants & ~grow
+    slot = xp.astype(new_slot, dtype)
+    safe_schur = xp.where(grow, schur, xp.ones_like(schur))
+    # Leaving atom k: inverse - u u^T / u_k with u the k-th column of inverse.
+    index = xp.broadcast_to(drop[:, None, None], (*inverse.shape[:-1], 1))
+    column = xp.take_along_axis(inverse, index, axis=-1)[:, :, 0]
+    pivot = xp.sum(column * xp.astype(dropped, dtype), axis=-1)
+    safe_pivot = xp.where(backtrack, pivot, xp.ones_like(pivot))
+    left_k = xp.sum(left * xp.astype(dropped, dtype), axis=-1)
+    right_k = xp.sum(right * xp.astype(dropped, dtype), axis=-1)
+    score = xp.sum(candidate * t, axis=-1)
+    zero = xp.zeros_like(schur)
+    coef = xp.where(grow, 1.0 / safe_schur, xp.where(backtrack, -1.0 / safe_pivot, zero))
+    left_coef = xp.where(
+        grow,
+        (xp.sum(bordered * left, axis=-1) - score) / safe_schur,
+        xp.where(backtrack, -left_k / safe_pivot, zero),
+    )
+    right_coef = xp.where(
+        grow,
+        (xp.sum(bordered * right, axis=-1) - 1.0) / safe_schur,
+        xp.where(backtrack, -right_k / safe_pivot, zero),
+    )
+    direction = xp.where(
+        grow[:, None], image - slot, xp.where(backtrack[:, None], column, xp.zeros_like(column))
+    )
+    active = xp.where(
+        grow[:, None], active | new_slot, xp.where(backtrack[:, None], active & ~dropped, active)
+    )
+    mask = xp.astype(active, dtype)
+    left = (left + left_coef[:, None] * direction) * mask
+    right = (right + right_coef[:, None] * direction) * mask
+    settled = live & ~backtrack & ~doubtful
+    weights = xp.where(backtrack[:, None], stepped, xp.where(settled[:, None], solved, weights))
+    sizes = xp.where(grow[:, None] & new_slot, size[:, None], sizes)
+    return _Update(
+        left,
+        right,
+        weights,
+        active,
+        sizes,
+        converged | optimal,
+        done | optimal | stuck,
+        xp.zeros_like(fresh),
+        direction,
+        coef,
+        candidate,
+        grow,
+        doubtful,
+    )
+
+
+def _start(t: Any, structure: Any, width: int, tol: float, *, xp: Any) -> _Rows:
+    """The state with the oracle's atom for ``t`` alone in slot 0 of ``width``."""
+    rows, dim = t.shape
+    dtype = t.dtype
+    dev = device(t)
+    first = structure.argmax(t)
+    first_slot = xp.arange(width, device=dev)[None, :] == xp.zeros((rows, 1), dtype=xp.int64, device=dev)
+    slot = xp.astype(first_slot, dtype)
+    size = xp.sum(first * first, axis=-1, keepdims=True)
+    atoms = xp.concat([first[:, None, :], xp.zeros((rows, width - 1, dim), dtype=dtype, device=dev)], axis=-2)
+    inverse = xp.zeros((rows, width, width), dtype=dtype, device=dev)
+    inverse = xp.where(
+        first_slot[:, :, None] & first_slot[:, None, :], 1.0 / (size[:, :, None] + 1.0), inverse
+    )
+    score = xp.sum(first * t, axis=-1, keepdims=True)
+    none = xp.zeros((rows,), dtype=xp.bool, device=dev)
+    return _Rows(
+        t=t,
+        gap_tol=tol * (1.0 + xp.sum(t * t, axis=-1)),
+        atoms=atoms,
+        inverse=inverse,
+        left=slot * score / (size + 1.0),
+        right=slot / (size + 1.0),
+        weights=slot,
+        active=first_slot,
+        sizes=slot * size,
+        converged=none,
+        done=none,
+        fresh=~none,
+    )
+
+
+def _active_set(
+    t: Any, structure: Any, slots: int, max_iter: int, tol: float, *, xp: Any
+) -> tuple[Any, Any, Any]:
+    """The batched active-set method on rows ``t`` of shape (N, D).
+
+    Returns ``(weights, atoms, converged)`` with ``slots`` slots per row.
+    Eager namespaces take the incremental loop; rows it leaves unconverged
+    (rare: degenerate, nearly dependent atoms) are solved again by the loop
+    that solves the KKT system anew at every step, which JAX always runs.
+    """
+    if is_jax_namespace(xp):
+        return _active_set_fixed(t, structure, slots, max_iter, tol, xp=xp)
+    # Rows still running after about twice the most atoms a row can hold are
+    # cycling on degenerate atoms: the KKT loop takes them over.
+    budget = min(max_iter, 2 * slots + 16)
+    weights, atoms, active, converged = _active_set_eager(t, structure, slots, budget, tol, xp=xp)
+    # Degenerate atoms that ended with weight 0 become padding slots too.
+    active = active & (weights > 0)
+    weights = xp.where(active, weights, xp.zeros_like(weights))
+    atoms = xp.where(active[:, :, None], atoms, xp.zeros_like(atoms))
+    failed = int(xp.sum(xp.astype(~converged, xp.int32)))
+    if failed == 0:
+        return weights, atoms, converged
+    rows = t.shape[0]
+    split = xp.argsort(xp.astype(converged, xp.int8), stable=True)  # unconverged rows first
+    again = split[:failed]
+    retried = _active_set_fixed(xp.take(t, again, axis=0), structure, slots, max_iter, tol, xp=xp)
+    kept = split[failed:]
+    back = xp.argsort(xp.concat([kept, again], axis=0))
+    return (
+        tuple(  # type: ignore[return-value]
+            xp.take(xp.concat([xp.take(x, kept, axis=0), y], axis=0), back, axis=0)
+            for x, y in zip((weights, atoms, converged), retried, strict=True)
+        )
+        if rows
+        else (weights, atoms, converged)
+    )
+
+
+def _refresh(t: Any, atoms: Any, active: Any, *, xp: Any) -> tuple[Any, Any, Any]:
+    """``inverse``, ``left`` and ``right`` of :class:`_Rows` computed from the atoms."""
+    dtype = t.dtype
+    mask = xp.astype(active, dtype)
+    outer = mask[:, :, None] * mask[:, None, :]
+    eye = xp.eye(active.shape[-1], dtype=dtype, device=device(t))
+    gram = (atoms @ xp.matrix_transpose(atoms) + 1.0) * outer + eye * (1.0 - mask)[:, :, None]
+    inverse = xp.linalg.inv(gram) * outer
+    scores = (atoms @ t[:, :, None])[:, :, 0] * mask
+    return inverse, (inverse @ scores[:, :, None])[:, :, 0], xp.sum(inverse, axis=-1)
+
+
+def _active_set_eager(
+    t: Any, structure: Any, slots: int, max_iter: int, tol: float, *, xp: Any
+) -> tuple[Any, Any, Any, Any]:
+    """Eager namespaces: entering atoms fill the columns of growing buffers
+    in order (a slice assignment, not a pass over every slot), and rows that
+    finish leave the batch, so that the work follows the rows still running
+    and the slots they use.  Doubtful rows leave with them and come back with
+    their inverse recomputed."""
+    rows = t.shape[0]
+    dtype = t.dtype
+    dev = device(t)
+    state = _start(t, structure, 1, tol, xp=xp)
+    # Columns: at most ``slots`` atoms are active in a row; one more column
+    # leaves room for an entering atom.  Buffers start small and double.
+    limit = slots + 1
+    capacity = min(limit, 8)
+    atoms, inverse = _resize(state.atoms, state.inverse, capacity, xp=xp)
+    order = xp.arange(rows, device=dev)  # original row of each row in the batch
+    paused = xp.zeros((rows,), dtype=xp.bool, device=dev)
+    width = 1  # columns in use
+    finished: list[tuple[Any, ...]] = []
+    for _ in range(max_iter):
+        if width == capacity:
+            state, atoms, inverse, width = _squeeze(state, atoms, inverse, xp=xp)
+            if width + 1 > capacity // 2 and capacity < limit:
+                capacity = min(limit, 2 * capacity)
+            atoms, inverse = _resize(atoms, inverse, capacity, xp=xp)
+        pad = xp.zeros((state.t.shape[0], 1), dtype=dtype, device=dev)
+        state = state._replace(
+            atoms=atoms[:, : width + 1, :],
+            inverse=inverse[:, : width + 1, : width + 1],
+            left=xp.concat([state.left, pad], axis=-1),
+            right=xp.concat([state.right, pad], axis=-1),
+            weights=xp.concat([state.weights, pad], axis=-1),
+            active=xp.concat([state.active, pad > 0], axis=-1),
+            sizes=xp.concat([state.sizes, pad], axis=-1),
+        )
+        new_slot = xp.arange(width + 1, device=dev)[None, :] == width
+        count = xp.sum(xp.astype(state.active, xp.int32), axis=-1)
+        update = _iterate(state, new_slot, count < slots, structure, xp=xp)
+        _rank_one(inverse, width + 1, update.direction, update.coef, xp=xp)
+        atoms[:, width, :] = xp.where(update.grow[:, None], update.candidate, xp.zeros_like(update.candidate))
+        width += 1
+        paused = paused | update.doubtful
+        leaving = update.done | update.doubtful
+        state = _Rows(state.t, state.gap_tol, None, None, *update[:6], leaving, update.fresh)
+        batch = state.t.shape[0]
+        count_leaving = int(xp.sum(xp.astype(leaving, xp.int32)))
+        if count_leaving == 0 or not (4 * count_leaving >= batch or width == capacity):
+            continue
+        # Finished rows leave; doubtful ones go to the end with a fresh inverse.
+        split = xp.argsort(xp.astype(leaving, xp.int8) + xp.astype(paused, xp.int8), stable=True)
+        count_paused = int(xp.sum(xp.astype(paused, xp.int32)))
+        stay = batch - count_leaving
+        if count_leaving > count_paused:
+            finished.append(_take_rows(state, atoms, width, order, split[stay : batch - count_paused], xp=xp))
+        if count_paused == 0 and stay == 0:
+            return _assemble(finished, rows, slots, xp=xp)
+        state, atoms, inverse, order = _keep_rows(
+            state, atoms, inverse, order, split[:stay], split[batch - count_paused :], width, xp=xp
+        )
+        paused = xp.zeros((state.t.shape[0],), dtype=xp.bool, device=dev)
+    finished.append(_take_rows(state, atoms, width, order, None, xp=xp))
+    return _assemble(finished, rows, slots, xp=xp)
+
+
+def _rank_one(inverse: Any, width: int, direction: Any, coef: Any, *, xp: Any) -> None:
+    """``inverse[:, :width, :width] += coef * outer(direction, direction)``, in place."""
+    if is_torch_namespace(xp):
+        inverse[:, :width, :width].addcmul_(direction[:, :, None], (coef[:, None] * direction)[:, None, :])
+        return
+    block = inverse[:, :width, :width]
+    inverse[:, :width, :width] = block + coef[:, None, None] * (direction[:, :, None] * direction[:, None, :])
+
+
+def _squeeze(state: _Rows, atoms: Any, inverse: Any, *, xp: Any) -> tuple[_Rows, Any, Any, int]:
+    """Move each row's active slots to its first columns; the width becomes the
+    largest number of active slots."""
+    width = state.active.shape[-1]
+    counts = xp.sum(xp.astype(state.active, xp.int32), axis=-1)
+    used = max(int(xp.max(counts)), 1)
+    columns = xp.argsort(xp.astype(~state.active, xp.int8), axis=-1, stable=True)[:, :used]
+    batch, dim = atoms.shape[0], atoms.shape[-1]
+
+    def take(x: Any) -> Any:
+        return xp.take_along_axis(x, columns, axis=-1)
+
+    atoms = xp.take_along_axis(
+        atoms[:, :width, :], xp.broadcast_to(columns[:, :, None], (batch, used, dim)), axis=1
+    )
+    inverse = xp.take_along_axis(
+        inverse[:, :width, :width], xp.broadcast_to(columns[:, :, None], (batch, used, width)), axis=1
+    )
+    inverse = xp.take_along_axis(inverse, xp.broadcast_to(columns[:, None, :], (batch, used, used)), axis=2)
+    state = state._replace(
+        left=take(state.left),
+        right=take(state.right),
+        weights=take(state.weights),
+        active=take(state.active),
+        sizes=take(state.sizes),
+    )
+    return state, atoms, inverse, used
+
+
+def _resize(atoms: Any, inverse: Any, capacity: int, *, xp: Any) -> tuple[Any, Any]:
+    """Fresh buffers of ``capacity`` columns holding ``atoms`` and ``inverse``."""
+    batch, width, dim = atoms.shape
+    dev = device(atoms)
+    atoms_buffer = xp.zeros((batch, capacity, dim), dtype=atoms.dtype, device=dev)
+    atoms_buffer[:, :width, :] = atoms
+    inverse_buffer = xp.zeros((batch, capacity, capacity), dtype=inverse.dtype, device=dev)
+    inverse_buffer[:, :width, :width] = inverse
+    return atoms_buffer, inverse_buffer
+
+
+def _keep_rows(
+    state: _Rows, atoms: Any, inverse: Any, order: Any, keep: Any, again: Any, width: int, *, xp: Any
+) -> tuple[_Rows, Any, Any, Any]:
+    """The rows ``keep`` (indices) of the batch, then the rows ``again`` with
+    their inverse recomputed from their atoms (and ``fresh`` set)."""
+
+    def take(x: Any, index: Any) -> Any:
+        return xp.take(x, index, axis=0)
+
+    kept = _Rows(*(None if x is None else take(x, keep) for x in state))
+    if again.shape[0] == 0:
+        return kept, take(atoms, keep), take(inverse, keep), take(order, keep)
+    redo = _Rows(*(None if x is None else take(x, again) for x in state))
+    redo_atoms = take(atoms, again)
+    redo_inverse, left, right = _refresh(redo.t, redo_atoms[:, :width, :], redo.active, xp=xp)
+    redo_inverse = _resize(redo_atoms[:, :width, :], redo_inverse, atoms.shape[1], xp=xp)[1]
+    none = xp.zeros_like(redo.done)
+    redo = redo._replace(left=left, right=right, done=none, fresh=~none)
+    state = _Rows(
+        *(None if x is None else xp.concat([x, y], axis=0) for x, y in zip(kept, redo, strict=True))
+    )
+    return (
+        state,
+        xp.concat([take(atoms, keep), redo_atoms], axis=0),
+        xp.concat([take(inverse, keep), redo_inverse], axis=0),
+        xp.concat([take(order, keep), take(order, again)], axis=0),
+    )
+
+
+def _take_rows(
+    state: _Rows, atoms: Any, width: int, order: Any, index: Any, *, xp: Any
+) -> tuple[Any, Any, Any, Any, Any]:
+    """``(weights, atoms, active, converged, order)`` of rows ``index`` (all if None)."""
+    parts = (state.weights, atoms[:, :width, :], state.active, state.converged, order)
+    if index is None:
+        return parts
+    return tuple(xp.take(x, index, axis=0) for x in parts)  # type: ignore[return-value]
+
+
+def _assemble(
+    finished: list[tuple[Any, ...]], rows: int, slots: int, *, xp: Any
+) -> tuple[Any, Any, Any, Any]:
+    """The finished rows back in their original order, with ``slots`` slots."""
+    weights_parts, atoms_parts, active_parts, converged_parts, order_parts = [], [], [], [], []
+    for chunk_weights, chunk_atoms, chunk_active, converged, order in finished:
+        batch, width, dim = chunk_atoms.shape
+        columns = xp.argsort(xp.astype(~chunk_active, xp.int8), axis=-1, stable=True)[:, : min(width, slots)]
+        used = columns.shape[-1]
+        weights = xp.take_along_axis(chunk_weights, columns, axis=-1)
+        active = xp.take_along_axis(chunk_active, columns, axis=-1)
+        index = xp.broadcast_to(columns[:, :, None], (batch, used, dim))
+        atoms = xp.take_along_axis(chunk_atoms, index, axis=1)
+        if used < slots:
+            dev = device(atoms)
+            weights = xp.concat(
+                [weights, xp.zeros((batch, slots - used), dtype=weights.dtype, device=dev)], axis=-1
+            )
+            active = xp.concat([active, xp.zeros((batch, slots - used), dtype=xp.bool, device=dev)], axis=-1)
+            atoms = xp.concat(
+                [atoms, xp.zeros((batch, slots - used, dim), dtype=atoms.dtype, device=dev)], axis=-2
+            )
+        weights_parts.append(weights)
+        atoms_parts.append(atoms)
+        active_parts.append(active)
+        converged_parts.append(converged)
+        order_parts.append(order)
+    if len(finished) == 1:
+        weights, atoms, active, converged, order = (
+            weights_parts[0],
+            atoms_parts[0],
+            active_parts[0],
+            converged_parts[0],
+            order_parts[0],
+        )
+    else:
+        weights = xp.concat(weights_parts, axis=0)
+        atoms = xp.concat(atoms_parts, axis=0)
+        active = xp.concat(active_parts, axis=0)
+        converged = xp.concat(converged_parts, axis=0)
+        order = xp.concat(order_parts, axis=0)
+    back = xp.argsort(order)
+    return (
+        xp.take(weights, back, axis=0),
+        xp.take(atoms, back, axis=0),
+        xp.take(active, back, axis=0),
+        xp.take(converged, back, axis=0),
+    )
+
+
 def _grow(state: tuple[Any, ...], capacity: int, *, xp: Any) -> tuple[Any, ...]:
     """Pad the slot axis of the loop state to ``capacity`` (eager only)."""
     weights, atoms, gram, scores, active, done, converged, count = state
@@ -231,10 +689,16 @@ def _grow(state: tuple[Any, ...], capacity: int, *, xp: Any) -> tuple[Any, ...]:
     return pad(weights, -1), pad(atoms, -2), gram, pad(scores, -1), pad(active, -1), done, converged, count
 
 
-def _active_set(
+def _active_set_fixed(
     t: Any, structure: Any, slots: int, max_iter: int, tol: float, *, xp: Any
 ) -> tuple[Any, Any, Any]:
-    """The batched active-set loop on rows ``t`` of shape (N, D)."""
+    """The batched active-set loop on rows ``t`` of shape (N, D), solving the
+    bordered KKT system anew at every step.
+
+    Shapes are static under JAX, which runs this loop; eager namespaces run
+    :func:`_active_set_eager` and come here for the rows it leaves
+    unconverged.
+    """
     rows, dim = t.shape
     dtype = t.dtype
     dev = device(t)
