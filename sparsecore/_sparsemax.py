@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from array_api_compat import device
+from array_api_compat import device, is_cupy_namespace, is_numpy_namespace, is_torch_namespace
 
 from ._lib._arrays import from_last, raise_on_nan, to_last
-from ._lib._namespace import array_namespace, concrete_any, is_jax_namespace, quiet, sign, while_loop
-from ._lib._select import largest_values
+from ._lib._namespace import (
+    array_namespace,
+    concrete_any,
+    is_jax_namespace,
+    nonnegative_part,
+    quiet,
+    sign,
+    while_loop,
+)
 from ._lib._validation import check_floating, check_nan_policy, normalize_axis
 
 __all__ = ["sparsemax", "sparsemax_vjp"]
@@ -27,13 +34,16 @@ def sparsemax(s: Any, axis: int = -1, *, nan_policy: str = "propagate") -> Any:
     with the threshold :math:`\tau` chosen so that :math:`\sum_i p_i = 1`.
     Unlike softmax, the result usually has zeros.
 
-    The threshold is found exactly by Newton's method on the piecewise-linear
-    equation :math:`\sum_i \max(s_i - \tau, 0) = 1` (Michelot's algorithm),
-    started from the lower bound :math:`\max(\max_i s_i - 1, (\sum_i s_i -
-    1)/K)`.  Each step is one pass over the scores; the support shrinks at
-    every step and the iteration stops when it no longer does, at which point
-    the threshold is exact (at most ``K + 1`` steps, a handful in practice).
-    No sort is needed.
+    The threshold is found exactly.  Short rows in small arrays sort (the
+    threshold is the largest threshold of a sorted prefix).  Other rows run
+    Newton's method on the piecewise-linear equation :math:`\sum_i \max(s_i -
+    \tau, 0) = 1` (Michelot's algorithm) from a tight lower bound: the
+    threshold of the row's group maxima (the maxima of 8 entries strided
+    across the row, found the same way, recursively).  Each step is one pass
+    over the scores; a row stops when its mass is 1 up to rounding or its
+    support stops shrinking, usually after the first pass, and on NumPy,
+    CuPy and PyTorch the later steps of a large array run on the rows that
+    have not stopped only.
 
     Parameters
     ----------
@@ -160,23 +170,25 @@ def sparsemax_vjp_checked(p: Any, g: Any, axis: int, *, xp: Any) -> Any:
     return from_last(grad, axis, g.dtype, xp=xp)
 
 
-def prepare_rows(scores: Any, *, xp: Any) -> tuple[Any, Any, Any]:
+def prepare_rows(scores: Any, *, xp: Any, maxima: Any | None = None) -> tuple[Any, Any, Any, Any]:
     """Shift each row so that its maximum is 0 and tame non-finite rows.
 
-    Returns ``(shifted, row_total, fix)``: ``shifted`` has finite rows with
-    maximum 0 (or ``-inf`` entries); ``row_total`` its row sums; ``fix`` is
+    Returns ``(base, offset, maxima, fix)``.  The shifted rows are ``base -
+    offset`` (``base`` itself when ``offset`` is ``None``): finite with
+    maximum 0, or with ``-inf`` entries.  Ordinary rows keep the scores as
+    ``base`` and their maxima as ``offset``, so that the shifted rows need not
+    be stored.  ``maxima`` are the shifted rows' :func:`group_maxima` when the
+    caller passed the scores' own (which hold each row's maximum, so no pass
+    over the scores is needed to find it), else ``None``.  ``fix`` is
     ``None`` when every row is ordinary, else ``(nan_rows, empty_rows)`` to
     apply to the result with :func:`apply_fix`.
     """
-    row_max = xp.max(scores, axis=-1, keepdims=True)
-    shifted = scores - row_max
-    row_total = xp.sum(shifted, axis=-1, keepdims=True)
-    # One test finds every special row: a NaN entry, a +inf maximum
-    # (inf - inf) and a row of only -inf (-inf + inf) all make the shifted
-    # total NaN, while an ordinary row's total is finite or -inf.
-    if not concrete_any(xp.isnan(row_total), xp=xp):
-        return shifted, row_total, None
-    special = ~xp.isfinite(row_max) | xp.isnan(row_total)
+    row_max = xp.max(scores if maxima is None else maxima, axis=-1, keepdims=True)
+    # One test finds every special row: the maximum propagates NaN, is +inf
+    # when a row holds +inf and -inf when a row holds only -inf.
+    special = ~xp.isfinite(row_max)
+    if not concrete_any(special, xp=xp):
+        return scores, row_max, None if maxima is None else maxima - row_max, None
     nan_rows = xp.any(xp.isnan(scores), axis=-1, keepdims=True)
     posinf_rows = (row_max == xp.inf) & ~nan_rows
     empty_rows = special & ~posinf_rows & ~nan_rows
@@ -185,9 +197,8 @@ def prepare_rows(scores: Any, *, xp: Any) -> tuple[Any, Any, Any]:
     posinf_shifted = xp.where(scores == xp.inf, zeros, xp.full_like(scores, -xp.inf))
     # Rows of NaN or of only -inf are solved on zeros and overwritten after.
     replacement = xp.where(posinf_rows, posinf_shifted, zeros)
-    shifted = xp.where(special, replacement, shifted)
-    row_total = xp.sum(shifted, axis=-1, keepdims=True)
-    return shifted, row_total, (nan_rows, empty_rows)
+    shifted = xp.where(special, replacement, scores - row_max)
+    return shifted, None, None if maxima is None else group_maxima(shifted, xp=xp), (nan_rows, empty_rows)
 
 
 def apply_fix(probs: Any, fix: Any, *, xp: Any) -> Any:
@@ -199,112 +210,156 @@ def apply_fix(probs: Any, fix: Any, *, xp: Any) -> Any:
     return xp.where(nan_rows, xp.full_like(probs, xp.nan), probs)
 
 
-def newton_step(
-    shifted: Any, state: tuple[Any, Any, Any, Any], *, xp: Any, start: bool = False
-) -> tuple[Any, Any, Any, Any]:
-    """One Michelot/Newton step on the threshold, frozen where converged.
-
-    ``state`` is ``(tau, size, probs, active)``: ``tau`` is the threshold of
-    a set of ``size`` entries, and ``active`` marks the rows still iterating.
-    ``tau`` is exact when that set is the support ``{shifted > tau}``, and
-    the sets are nested, so comparing sizes decides.  After a step the set
-    holds the new support (the support only shrinks); at the ``start`` it
-    may instead lie inside it (a subset's support).
-    """
-    tau, size, _, active = state
-    probs = xp.clip(shifted - tau, min=0.0)
-    mass = xp.sum(probs, axis=-1, keepdims=True)
-    count = xp.sum(sign(probs, xp=xp), axis=-1, keepdims=True)
-    # Once the support stops shrinking the threshold that produced it is
-    # exact and ``probs`` is the answer.
-    active = active & ((count != size) if start else (count < size))
-    tau = xp.where(active, tau + (mass - 1.0) / count, tau)
-    return tau, count, probs, active
+def shift(base: Any, offset: Any | None) -> Any:
+    """The shifted rows ``base - offset`` as a fresh array."""
+    return base - offset if offset is not None else base + 0.0
 
 
-# Rows at least this long start from the threshold of their largest entries.
-CANDIDATE_MIN_SIZE = 2048
-# How many of the largest entries: a row whose support is smaller is solved
-# by them alone (one more pass writes the output); a larger support still
-# starts Newton's method from their threshold, a tight lower bound.
-CANDIDATES = 16
-# Shorter rows of at least GROUP_MIN_SIZE entries start from the threshold of
-# their group maxima (groups of GROUP_SIZE consecutive entries).
-GROUP_MIN_SIZE = 64
+# Rows at least this long start Newton's method from the threshold of their
+# group maxima: the maxima of GROUP_SIZE entries strided across the row.
+GROUP_MIN_SIZE = 32
 GROUP_SIZE = 8
+# Newton's method stops once the mass at the threshold exceeds 1 by at most
+# this many units in the last place: the threshold is then exact up to
+# rounding.  (A row whose rounding errors exceed it takes one more step and
+# stops because its support no longer shrinks.)
+MASS_ULPS = 8.0
 
 
-def initial_threshold(shifted: Any, row_total: Any | None, *, xp: Any) -> tuple[Any, Any, Any]:
-    """A lower bound on the threshold of rows with maximum 0 and sums ``row_total``
-    (computed here when ``None`` and needed).
+def group_maxima(x: Any, *, xp: Any) -> Any:
+    """The maxima of groups of ``GROUP_SIZE`` entries of each row.
 
-    Returns ``(tau, size, exact)``: ``tau`` is the threshold of a set of
-    ``size`` entries that either holds the support or lies inside it (see
-    :func:`newton_step`), and ``exact`` marks the rows where it is exact.
+    Group ``j`` holds the entries ``j, j + G, j + 2G, ...`` of a row of
+    ``G * GROUP_SIZE`` entries (a reduction over a strided axis, which
+    vectorizes along the contiguous one); the last ``K mod GROUP_SIZE``
+    entries join as themselves.  The result is a subset of the row holding its
+    maximum, so its sparsemax threshold bounds the row's from below.
+    """
+    size = x.shape[-1]
+    groups = size // GROUP_SIZE
+    body = x if groups * GROUP_SIZE == size else x[..., : groups * GROUP_SIZE]
+    maxima = xp.max(xp.reshape(body, (*x.shape[:-1], GROUP_SIZE, groups)), axis=-2)
+    if groups * GROUP_SIZE < size:
+        maxima = xp.concat([maxima, x[..., groups * GROUP_SIZE :]], axis=-1)
+    return maxima
+
+
+def groups(size: int) -> bool:
+    """Whether rows of ``size`` entries start from their group maxima."""
+    return size >= GROUP_MIN_SIZE and size > GROUP_SIZE
+
+
+def threshold_last(shifted: Any, *, xp: Any) -> Any:
+    """The sparsemax threshold of rows whose maximum is 0 (no special rows)."""
+    if sorts(shifted, xp=xp):
+        return sorted_threshold(shifted, xp=xp)
+    maxima = group_maxima(shifted, xp=xp) if groups(shifted.shape[-1]) else None
+    return solve(shifted, None, initial_threshold(shifted, None, maxima, xp=xp), xp=xp)[0]
+
+
+def initial_threshold(base: Any, offset: Any | None, maxima: Any | None, *, xp: Any) -> Any:
+    """A lower bound on the threshold of the shifted rows ``base - offset``
+    (maximum 0), from their group ``maxima`` when given.
 
     The threshold of any subset of a row is a lower bound on the row's (the
-    subset's mass function lies below the row's), so a subset biased towards
-    the largest entries gives a tight start for Newton's method.
+    subset's mass function lies below the row's), so the group maxima, which
+    are biased towards the largest entries, give a tight start.
     """
-    size = shifted.shape[-1]
-    if size >= CANDIDATE_MIN_SIZE and size > CANDIDATES:
-        # The largest entries, by native partial selection: their threshold is
-        # exact when the smallest of them gets probability 0, because every
-        # other entry lies below it too.
-        largest = largest_values(shifted, CANDIDATES, xp=xp)
-        subset_tau, subset_size = threshold_last(largest, xp=xp)
-        exact = xp.min(largest, axis=-1, keepdims=True) <= subset_tau
-    elif size >= GROUP_MIN_SIZE and size > GROUP_SIZE:
-        # The maxima of groups of consecutive entries: one cheap reduction.
-        # Every entry is in a group (the last one possibly shorter), so the
-        # maxima hold the row's maximum 0 and are a subset of the row.
-        groups = size // GROUP_SIZE
-        grouped = xp.reshape(shifted[..., : groups * GROUP_SIZE], (*shifted.shape[:-1], groups, GROUP_SIZE))
-        maxima = xp.max(grouped, axis=-1)
-        if groups * GROUP_SIZE < size:
-            rest = xp.max(shifted[..., groups * GROUP_SIZE :], axis=-1, keepdims=True)
-            maxima = xp.concat([maxima, rest], axis=-1)
-        subset_tau, subset_size = threshold_last(maxima, xp=xp)
-        exact = xp.zeros(subset_tau.shape, dtype=xp.bool, device=device(shifted))
+    if maxima is not None:
+        return threshold_last(maxima, xp=xp)
+    # Two lower bounds: the threshold of all entries, and -1, the threshold
+    # of the maximum alone (p_max <= 1).
+    size = base.shape[-1]
+    row_total = xp.sum(shift(base, offset), axis=-1, keepdims=True)
+    return xp.clip((row_total - 1.0) / size, min=-1.0)
+
+
+def solve(base: Any, offset: Any | None, tau: Any, *, xp: Any) -> tuple[Any, Any]:
+    """Newton's method (Michelot's algorithm) on the threshold of the shifted
+    rows ``base - offset`` from ``tau``, a lower bound.  Returns ``(tau,
+    probs)``.
+
+    Each step is one pass over the rows: from a lower bound the mass is at
+    least 1, and the step to the threshold of the current support stays a
+    lower bound, so the support only shrinks.  A row stops when its mass is 1
+    up to rounding, or when its support stops shrinking (its threshold is
+    then exact): at most ``K + 1`` passes, one from a tight start.  Where the
+    namespace allows data-dependent shapes, the steps after the first run on
+    the rows that have not stopped only.
+    """
+    if offset is None:
+        probs = base - tau
     else:
-        # Two lower bounds: the threshold of all entries, and -1, the
-        # threshold of the maximum alone (p_max <= 1).  A subset's threshold
-        # is at least -1 (the subset holds the maximum); only rows with an
-        # almost full support start lower from it than from all entries, and
-        # those take one more step.
-        if row_total is None:
-            row_total = xp.sum(shifted, axis=-1, keepdims=True)
-        full_tau = (row_total - 1.0) / size
-        tau = xp.clip(full_tau, min=-1.0)
-        tau_size = xp.where(full_tau > -1.0, xp.full_like(tau, size), xp.ones_like(tau))
-        return tau, tau_size, xp.zeros(tau.shape, dtype=xp.bool, device=device(shifted))
-    return subset_tau, subset_size, exact
+        # Both subtractions into one fresh array (in place where the
+        # namespace allows): the shifted rows are never stored.
+        probs = base - offset
+        probs -= tau
+    probs = nonnegative_part(probs, xp=xp)
+    mass = xp.sum(probs, axis=-1, keepdims=True)
+    slack = MASS_ULPS * float(xp.finfo(base.dtype).eps)
+    active = mass > 1.0 + slack
+    if not concrete_any(active, xp=xp):
+        return tau, probs
+    if compacts(base, xp=xp):
+        return solve_compacted(base, offset, tau, probs, mass, active, slack, xp=xp)
+    return solve_masked(shift(base, offset), tau, probs, mass, slack, xp=xp)
 
 
-def threshold_last(shifted: Any, *, xp: Any) -> tuple[Any, Any]:
-    """The sparsemax threshold of rows whose maximum is 0 (no special rows),
-    and the size of their support."""
-    if sorts(shifted, xp=xp):
-        tau = sorted_threshold(shifted, xp=xp)
-        # The support counted as Newton's step counts it, so that it lies
-        # inside the support of any superset at this threshold.
-        count = xp.sum(sign(xp.clip(shifted - tau, min=0.0), xp=xp), axis=-1, keepdims=True)
-        return tau, count
-    tau, size, exact = initial_threshold(shifted, None, xp=xp)
-    tau, count, _, _ = solve(shifted, tau, size, exact, xp=xp)
-    return tau, count
+# Arrays of at least this many entries gather the rows still iterating after
+# the first pass; on smaller ones the per-operation overhead of gathering
+# costs more than the passes it saves.
+COMPACT_MIN_ELEMENTS = 65536
 
 
-def solve(shifted: Any, tau: Any, size: Any, exact: Any, *, xp: Any) -> tuple[Any, Any, Any, Any]:
-    """Newton's method from ``tau``, the threshold of a set of ``size``
-    entries (see :func:`newton_step`); rows in ``exact`` are exact."""
-    state = newton_step(shifted, (tau, size, None, ~exact), xp=xp, start=True)
-    return while_loop(  # type: ignore[no-any-return]
-        lambda state: xp.any(state[3]),
-        lambda state: newton_step(shifted, state, xp=xp),
-        state,
-        xp=xp,
+def compacts(x: Any, *, xp: Any) -> bool:
+    """Whether Newton's later steps gather the rows still iterating (large
+    arrays of eager namespaces with integer-array indexing: NumPy, CuPy,
+    PyTorch)."""
+    if x.shape[-1] * batch_size(x) < COMPACT_MIN_ELEMENTS:
+        return False
+    return bool(is_numpy_namespace(xp) or is_torch_namespace(xp) or is_cupy_namespace(xp))
+
+
+def solve_compacted(
+    base: Any, offset: Any | None, tau: Any, probs: Any, mass: Any, active: Any, slack: float, *, xp: Any
+) -> tuple[Any, Any]:
+    """:func:`solve`'s later steps on the rows still iterating, gathered once
+    (then masked) and written back once."""
+    shape = probs.shape
+    size = shape[-1]
+    probs = xp.reshape(probs, (-1, size))
+    tau = xp.reshape(tau, (-1, 1))
+    rows = xp.nonzero(xp.reshape(active, (-1,)))[0]
+    shifted = xp.reshape(base, (-1, size))[rows]
+    if offset is not None:
+        shifted -= xp.reshape(offset, (-1, 1))[rows]
+    part_tau, part_probs = solve_masked(
+        shifted, tau[rows], probs[rows], xp.reshape(mass, (-1, 1))[rows], slack, xp=xp
     )
+    probs[rows] = part_probs
+    tau[rows] = part_tau
+    return xp.reshape(tau, (*shape[:-1], 1)), xp.reshape(probs, shape)
+
+
+def solve_masked(shifted: Any, tau: Any, probs: Any, mass: Any, slack: float, *, xp: Any) -> tuple[Any, Any]:
+    """Newton's steps on every row (converged rows frozen) after a first
+    pass that gave ``probs`` and ``mass`` at ``tau``."""
+    count = xp.sum(sign(probs, xp=xp), axis=-1, keepdims=True)
+    active = mass > 1.0 + slack
+
+    def step(state: tuple[Any, Any, Any, Any, Any]) -> tuple[Any, Any, Any, Any, Any]:
+        tau, count, _, mass, active = state
+        tau = xp.where(active, tau + (mass - 1.0) / count, tau)
+        probs = nonnegative_part(shifted - tau, xp=xp)
+        mass = xp.sum(probs, axis=-1, keepdims=True)
+        new_count = xp.sum(sign(probs, xp=xp), axis=-1, keepdims=True)
+        active = active & (new_count < count) & (mass > 1.0 + slack)
+        return tau, new_count, probs, mass, active
+
+    tau, _, probs, _, _ = while_loop(
+        lambda state: xp.any(state[4]), step, (tau, count, probs, mass, active), xp=xp
+    )
+    return tau, probs
 
 
 # Rows at most this long sort (a few operations in all, where the per-call
@@ -346,12 +401,16 @@ def sorted_threshold(shifted: Any, *, xp: Any) -> Any:
 
 def sparsemax_last(scores: Any, *, xp: Any) -> Any:
     """Sparsemax along the last axis of a floating array (no validation)."""
-    shifted, row_total, fix = prepare_rows(scores, xp=xp)
-    if sorts(shifted, xp=xp):
-        probs = xp.clip(shifted - sorted_threshold(shifted, xp=xp), min=0.0)
-    else:
-        tau, size, exact = initial_threshold(shifted, row_total, xp=xp)
-        probs = solve(shifted, tau, size, exact, xp=xp)[2]
+    if sorts(scores, xp=xp):
+        base, offset, _, fix = prepare_rows(scores, xp=xp)
+        shifted = shift(base, offset)
+        probs = shifted - sorted_threshold(shifted, xp=xp)
+        return apply_fix(nonnegative_part(probs, xp=xp), fix, xp=xp)
+    # The scores' group maxima hold each row's maximum: one small pass finds
+    # both the shift and the subset that starts Newton's method.
+    maxima = group_maxima(scores, xp=xp) if groups(scores.shape[-1]) else None
+    base, offset, maxima, fix = prepare_rows(scores, xp=xp, maxima=maxima)
+    probs = solve(base, offset, initial_threshold(base, offset, maxima, xp=xp), xp=xp)[1]
     return apply_fix(probs, fix, xp=xp)
 
 
@@ -362,5 +421,8 @@ def sparsemax_vjp_last(probs: Any, cotangent: Any, *, xp: Any) -> Any:
     # ``0 * sum(probs)`` is 0, or NaN on a NaN row, which then stays NaN.
     nan_guard = 0.0 * xp.sum(probs, axis=-1, keepdims=True)
     mean = xp.sum(cotangent * support, axis=-1, keepdims=True) / xp.clip(count, min=1.0) + nan_guard
+    grad = cotangent - mean
+    grad *= support
     # ``+ 0.0`` turns the ``-0.0`` of entries off the support into ``0.0``.
-    return (cotangent - mean) * support + 0.0
+    grad += 0.0
+    return grad

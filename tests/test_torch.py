@@ -325,7 +325,7 @@ def test_non_contiguous_autograd():
 def test_outputs_and_grad_fn():
     scores = torch.tensor([[0.2, 0.5, 0.1]], requires_grad=True)
     probs = torch_sparsemax(scores)
-    assert "SparsemaxFunction" in type(probs.grad_fn).__name__
+    assert "Sparsemax" in type(probs.grad_fn).__name__
     assert "TopKSparsemaxFunction" in type(topk_sparsemax(scores, 2).grad_fn).__name__
     assert not torch_sparsemax(scores.detach()).requires_grad
     exact = topk_is_exact(probs, 2)

@@ -1,8 +1,10 @@
 """Array-namespace helpers: compute dtypes and bounded loops.
 
-Nothing here imports a framework at module level.  The only native code path
-is the JAX loop, taken behind ``is_jax_namespace`` so that a solver's
-data-dependent stopping stays traceable under ``jax.jit``.
+Nothing here imports a framework at module level.  The native code paths are
+the JAX loop, taken behind ``is_jax_namespace`` so that a solver's
+data-dependent stopping stays traceable under ``jax.jit``, and in-place or
+native elementwise methods where a namespace has them (each a one-liner with
+the generic array-API fallback beside it).
 """
 
 from __future__ import annotations
@@ -11,13 +13,20 @@ import contextlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from array_api_compat import array_namespace, is_jax_namespace
+from array_api_compat import (
+    array_namespace,
+    is_cupy_namespace,
+    is_jax_namespace,
+    is_numpy_namespace,
+    is_torch_namespace,
+)
 
 __all__ = [
     "array_namespace",
     "compute_dtype",
     "concrete_any",
     "is_jax_namespace",
+    "nonnegative_part",
     "quiet",
     "sign",
     "while_loop",
@@ -76,7 +85,7 @@ def quiet(xp: Any) -> Any:
     repaired afterwards), so NumPy-backed namespaces must not warn about them.
     Other namespaces do not warn; they get a null context.
     """
-    from array_api_compat import is_array_api_strict_namespace, is_numpy_namespace
+    from array_api_compat import is_array_api_strict_namespace
 
     if is_numpy_namespace(xp) or is_array_api_strict_namespace(xp):
         import numpy as np
@@ -91,8 +100,18 @@ def sign(x: Any, *, xp: Any) -> Any:
     PyTorch takes its native ``Tensor.sign``: the array-api-compat wrapper
     repairs NaN with boolean indexing, which ``torch.func.vmap`` rejects.
     """
-    from array_api_compat import is_torch_namespace
-
     if is_torch_namespace(xp):
         return x.sign()
     return xp.sign(x)
+
+
+def nonnegative_part(x: Any, *, xp: Any) -> Any:
+    """``max(x, 0)`` elementwise, written into ``x`` where the namespace can
+    (PyTorch, NumPy, CuPy): callers pass a fresh temporary they own, so a pass
+    over the data allocates nothing.  NaN stays NaN.
+    """
+    if is_torch_namespace(xp):
+        return x.clamp_(min=0.0)
+    if is_numpy_namespace(xp) or is_cupy_namespace(xp):
+        return x.clip(0.0, None, out=x)
+    return xp.clip(x, min=0.0)
