@@ -420,8 +420,12 @@ def sparsemax_vjp_last(probs: Any, cotangent: Any, *, xp: Any) -> Any:
     count = xp.sum(support, axis=-1, keepdims=True)
     # ``0 * sum(probs)`` is 0, or NaN on a NaN row, which then stays NaN.
     nan_guard = 0.0 * xp.sum(probs, axis=-1, keepdims=True)
-    mean = xp.sum(cotangent * support, axis=-1, keepdims=True) / xp.clip(count, min=1.0) + nan_guard
-    grad = cotangent - mean
+    grad = cotangent * support
+    mean = xp.sum(grad, axis=-1, keepdims=True) / xp.clip(count, min=1.0) + nan_guard
+    # grad = (cotangent - mean) * support, with two temporaries in all (the
+    # in-place operators write into ``grad`` where the namespace allows; it is
+    # batched under ``torch.func`` whenever any operand is).
+    grad -= mean
     grad *= support
     # ``+ 0.0`` turns the ``-0.0`` of entries off the support into ``0.0``.
     grad += 0.0
