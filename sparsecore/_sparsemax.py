@@ -211,8 +211,9 @@ def apply_fix(probs: Any, fix: Any, *, xp: Any) -> Any:
 
 
 def shift(base: Any, offset: Any | None) -> Any:
-    """The shifted rows ``base - offset`` as a fresh array."""
-    return base - offset if offset is not None else base + 0.0
+    """The shifted rows ``base - offset`` (``base`` itself when ``offset`` is
+    ``None``; callers never write into it)."""
+    return base if offset is None else base - offset
 
 
 # Rows at least this long start Newton's method from the threshold of their
