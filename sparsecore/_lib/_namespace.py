@@ -29,6 +29,7 @@ __all__ = [
     "nonnegative_part",
     "quiet",
     "sign",
+    "solver_dtype",
     "while_loop",
 ]
 
@@ -43,6 +44,22 @@ def compute_dtype(dtype: Any, *, xp: Any) -> Any:
     if any(dtype == candidate for candidate in half):
         return xp.float32
     return dtype
+
+
+def solver_dtype(dtype: Any, dev: Any, *, xp: Any) -> Any:
+    """The dtype an iterative solver works in: float64 where the namespace
+    and device have it (every floating input is widened), else
+    :func:`compute_dtype`.
+
+    JAX has float64 only with ``jax_enable_x64``; PyTorch's Apple GPU (MPS)
+    has none.
+    """
+    if is_torch_namespace(xp):
+        wide = getattr(dev, "type", None) != "mps"
+    else:
+        info = xp.__array_namespace_info__()
+        wide = "float64" in info.dtypes(device=dev, kind="real floating")
+    return xp.float64 if wide else compute_dtype(dtype, xp=xp)
 
 
 def while_loop(
