@@ -6,7 +6,15 @@ from typing import Any, NamedTuple
 
 from array_api_compat import device, is_torch_namespace
 
-from ._lib._namespace import array_namespace, is_jax_namespace, quiet, solver_dtype, while_loop
+from ._lib._namespace import (
+    array_namespace,
+    is_jax_namespace,
+    quiet,
+    solver_dtype,
+    take,
+    take_along_axis,
+    while_loop,
+)
 from ._lib._validation import check_floating
 from ._structures import _check_positive_int, check_structure_input
 
@@ -187,8 +195,8 @@ def _keep_largest(probs: Any, atoms: Any, slots: int, *, xp: Any) -> tuple[Any, 
     if probs.shape[-1] == slots:
         return probs, atoms, xp.ones(probs.shape[:-1], dtype=xp.bool, device=device(probs))
     order = xp.argsort(probs, axis=-1, descending=True, stable=True)
-    probs = xp.take_along_axis(probs, order, axis=-1)
-    atoms = xp.take_along_axis(atoms, order[..., None], axis=-2)
+    probs = take_along_axis(probs, order, axis=-1, xp=xp)
+    atoms = take_along_axis(atoms, order[..., None], axis=-2, xp=xp)
     if probs.shape[-1] < slots:
         missing = slots - probs.shape[-1]
         pad = xp.zeros((*probs.shape[:-1], missing), dtype=probs.dtype, device=device(probs))
@@ -350,7 +358,7 @@ def _iterate(state: _Rows, new_slot: Any, room: Any, structure: Any, *, xp: Any)
     safe_schur = xp.where(grow, schur, xp.ones_like(schur))
     # Leaving atom k: inverse - u u^T / u_k with u the k-th column of inverse.
     index = xp.broadcast_to(drop[:, None, None], (*inverse.shape[:-1], 1))
-    column = xp.take_along_axis(inverse, index, axis=-1)[:, :, 0]
+    column = take_along_axis(inverse, index, axis=-1, xp=xp)[:, :, 0]
     pivot = xp.sum(column * xp.astype(dropped, dtype), axis=-1)
     safe_pivot = xp.where(backtrack, pivot, xp.ones_like(pivot))
     left_k = xp.sum(left * xp.astype(dropped, dtype), axis=-1)
@@ -455,12 +463,12 @@ def _active_set(
     rows = t.shape[0]
     split = xp.argsort(xp.astype(converged, xp.int8), stable=True)  # unconverged rows first
     again = split[:failed]
-    retried = _active_set_fixed(xp.take(t, again, axis=0), structure, slots, max_iter, tol, xp=xp)
+    retried = _active_set_fixed(take(t, again, axis=0, xp=xp), structure, slots, max_iter, tol, xp=xp)
     kept = split[failed:]
     back = xp.argsort(xp.concat([kept, again], axis=0))
     return (
         tuple(  # type: ignore[return-value]
-            xp.take(xp.concat([xp.take(x, kept, axis=0), y], axis=0), back, axis=0)
+            take(xp.concat([take(x, kept, axis=0), y], axis=0), back, axis=0, xp=xp)
             for x, y in zip((weights, atoms, converged), retried, strict=True)
         )
         if rows
@@ -564,22 +572,24 @@ def _squeeze(state: _Rows, atoms: Any, inverse: Any, *, xp: Any) -> tuple[_Rows,
     columns = xp.argsort(xp.astype(~state.active, xp.int8), axis=-1, stable=True)[:, :used]
     batch, dim = atoms.shape[0], atoms.shape[-1]
 
-    def take(x: Any) -> Any:
-        return xp.take_along_axis(x, columns, axis=-1)
+    def columns_of(x: Any) -> Any:
+        return take_along_axis(x, columns, axis=-1, xp=xp)
 
-    atoms = xp.take_along_axis(
-        atoms[:, :width, :], xp.broadcast_to(columns[:, :, None], (batch, used, dim)), axis=1
+    atoms = take_along_axis(
+        atoms[:, :width, :], xp.broadcast_to(columns[:, :, None], (batch, used, dim)), axis=1, xp=xp
     )
-    inverse = xp.take_along_axis(
-        inverse[:, :width, :width], xp.broadcast_to(columns[:, :, None], (batch, used, width)), axis=1
+    inverse = take_along_axis(
+        inverse[:, :width, :width], xp.broadcast_to(columns[:, :, None], (batch, used, width)), axis=1, xp=xp
     )
-    inverse = xp.take_along_axis(inverse, xp.broadcast_to(columns[:, None, :], (batch, used, used)), axis=2)
+    inverse = take_along_axis(
+        inverse, xp.broadcast_to(columns[:, None, :], (batch, used, used)), axis=2, xp=xp
+    )
     state = state._replace(
-        left=take(state.left),
-        right=take(state.right),
-        weights=take(state.weights),
-        active=take(state.active),
-        sizes=take(state.sizes),
+        left=columns_of(state.left),
+        right=columns_of(state.right),
+        weights=columns_of(state.weights),
+        active=columns_of(state.active),
+        sizes=columns_of(state.sizes),
     )
     return state, atoms, inverse, used
 
@@ -601,14 +611,14 @@ def _keep_rows(
     """The rows ``keep`` (indices) of the batch, then the rows ``again`` with
     their inverse recomputed from their atoms (and ``fresh`` set)."""
 
-    def take(x: Any, index: Any) -> Any:
-        return xp.take(x, index, axis=0)
+    def rows_of(x: Any, index: Any) -> Any:
+        return take(x, index, axis=0, xp=xp)
 
-    kept = _Rows(*(None if x is None else take(x, keep) for x in state))
+    kept = _Rows(*(None if x is None else rows_of(x, keep) for x in state))
     if again.shape[0] == 0:
-        return kept, take(atoms, keep), take(inverse, keep), take(order, keep)
-    redo = _Rows(*(None if x is None else take(x, again) for x in state))
-    redo_atoms = take(atoms, again)
+        return kept, rows_of(atoms, keep), rows_of(inverse, keep), rows_of(order, keep)
+    redo = _Rows(*(None if x is None else rows_of(x, again) for x in state))
+    redo_atoms = rows_of(atoms, again)
     redo_inverse, left, right = _refresh(redo.t, redo_atoms[:, :width, :], redo.active, xp=xp)
     redo_inverse = _resize(redo_atoms[:, :width, :], redo_inverse, atoms.shape[1], xp=xp)[1]
     none = xp.zeros_like(redo.done)
@@ -618,9 +628,9 @@ def _keep_rows(
     )
     return (
         state,
-        xp.concat([take(atoms, keep), redo_atoms], axis=0),
-        xp.concat([take(inverse, keep), redo_inverse], axis=0),
-        xp.concat([take(order, keep), take(order, again)], axis=0),
+        xp.concat([rows_of(atoms, keep), redo_atoms], axis=0),
+        xp.concat([rows_of(inverse, keep), redo_inverse], axis=0),
+        xp.concat([rows_of(order, keep), rows_of(order, again)], axis=0),
     )
 
 
@@ -631,7 +641,7 @@ def _take_rows(
     parts = (state.weights, atoms[:, :width, :], state.active, state.converged, order)
     if index is None:
         return parts
-    return tuple(xp.take(x, index, axis=0) for x in parts)  # type: ignore[return-value]
+    return tuple(take(x, index, axis=0, xp=xp) for x in parts)  # type: ignore[return-value]
 
 
 def _assemble(
@@ -643,10 +653,10 @@ def _assemble(
         batch, width, dim = chunk_atoms.shape
         columns = xp.argsort(xp.astype(~chunk_active, xp.int8), axis=-1, stable=True)[:, : min(width, slots)]
         used = columns.shape[-1]
-        weights = xp.take_along_axis(chunk_weights, columns, axis=-1)
-        active = xp.take_along_axis(chunk_active, columns, axis=-1)
+        weights = take_along_axis(chunk_weights, columns, axis=-1, xp=xp)
+        active = take_along_axis(chunk_active, columns, axis=-1, xp=xp)
         index = xp.broadcast_to(columns[:, :, None], (batch, used, dim))
-        atoms = xp.take_along_axis(chunk_atoms, index, axis=1)
+        atoms = take_along_axis(chunk_atoms, index, axis=1, xp=xp)
         if used < slots:
             dev = device(atoms)
             weights = xp.concat(
@@ -677,10 +687,10 @@ def _assemble(
         order = xp.concat(order_parts, axis=0)
     back = xp.argsort(order)
     return (
-        xp.take(weights, back, axis=0),
-        xp.take(atoms, back, axis=0),
-        xp.take(active, back, axis=0),
-        xp.take(converged, back, axis=0),
+        take(weights, back, axis=0, xp=xp),
+        take(atoms, back, axis=0, xp=xp),
+        take(active, back, axis=0, xp=xp),
+        take(converged, back, axis=0, xp=xp),
     )
 
 

@@ -27,7 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from array_api_compat import device
 
-from ._lib._namespace import array_namespace
+from ._lib._namespace import array_namespace, take_along_axis
 from ._topk import topk_mask
 
 __all__ = ["BitVector", "Budget", "Categorical", "Structure"]
@@ -106,7 +106,7 @@ class Categorical:
         xp = _check_scores(t, self.size)
         count = min(k, self.size)
         order = xp.argsort(t, axis=-1, descending=True, stable=True)[..., :count]
-        scores = xp.take_along_axis(t, order, axis=-1)
+        scores = take_along_axis(t, order, axis=-1, xp=xp)
         atoms = _one_hot(order, self.size, t.dtype, xp=xp)
         return _pad(scores, atoms, k, xp=xp)
 
@@ -146,7 +146,7 @@ class BitVector:
         xp = _check_scores(t, self.size)
         clipped = xp.clip(t, min=0.0, max=1.0)
         order = xp.argsort(clipped, axis=-1, descending=True, stable=True)
-        ordered = xp.take_along_axis(clipped, order, axis=-1)
+        ordered = take_along_axis(clipped, order, axis=-1, xp=xp)
         batch = t.shape[:-1]
         one = xp.ones((*batch, 1), dtype=t.dtype, device=device(t))
         zero = xp.zeros((*batch, 1), dtype=t.dtype, device=device(t))
@@ -169,7 +169,7 @@ class BitVector:
         magnitude = xp.abs(t)
         used = min(k - 1, self.size)
         order = xp.argsort(magnitude, axis=-1, stable=True)[..., :used]
-        costs = xp.take_along_axis(magnitude, order, axis=-1)  # ascending, (..., used)
+        costs = take_along_axis(magnitude, order, axis=-1, xp=xp)  # ascending, (..., used)
         batch = t.shape[:-1]
         # The k smallest subset sums of ``costs`` and which costs they use,
         # kept sorted; slot 0 is the empty flip (the best structure).
@@ -181,8 +181,8 @@ class BitVector:
             candidate_sums = xp.concat([sums, sums + costs[..., j : j + 1]], axis=-1)
             candidate_flips = xp.concat([flips, xp.maximum(flips, with_j)], axis=-2)
             keep = xp.argsort(candidate_sums, axis=-1, stable=True)[..., :k]
-            sums = xp.take_along_axis(candidate_sums, keep, axis=-1)
-            flips = xp.take_along_axis(candidate_flips, keep[..., None], axis=-2)
+            sums = take_along_axis(candidate_sums, keep, axis=-1, xp=xp)
+            flips = take_along_axis(candidate_flips, keep[..., None], axis=-2, xp=xp)
         # Back from the ``used`` smallest costs to the D positions.
         flipped = flips @ _one_hot(order, self.size, dtype, xp=xp)  # (..., k, D)
         atoms = best[..., None, :] + flipped - 2.0 * best[..., None, :] * flipped
@@ -237,7 +237,7 @@ class Budget:
         used = min(self.size, self.budget + k - 1)
         counts = min(self.budget, used) + 1
         order = xp.argsort(t, axis=-1, descending=True, stable=True)[..., :used]
-        values = xp.take_along_axis(t, order, axis=-1)  # descending, (..., used)
+        values = take_along_axis(t, order, axis=-1, xp=xp)  # descending, (..., used)
         # sums[..., c, s]: the s-th best sum of c chosen entries so far.
         minus_inf = xp.full((*batch, counts, k), -xp.inf, dtype=dtype, device=dev)
         start = xp.arange(counts * k, device=dev) == 0
@@ -247,20 +247,22 @@ class Budget:
             shifted = xp.concat([minus_inf[..., :1, :], sums[..., :-1, :]], axis=-2)
             candidates = xp.concat([sums, shifted + values[..., item, None, None]], axis=-1)
             keep = xp.argsort(candidates, axis=-1, descending=True, stable=True)[..., :k]
-            sums = xp.take_along_axis(candidates, keep, axis=-1)
+            sums = take_along_axis(candidates, keep, axis=-1, xp=xp)
             took_steps.append(keep >= k)
             source_steps.append(keep % k)
         # The k best over every count, then back through the choices.
         flat = xp.reshape(sums, (*batch, counts * k))
         best = xp.argsort(flat, axis=-1, descending=True, stable=True)[..., :k]
-        scores = xp.take_along_axis(flat, best, axis=-1)
+        scores = take_along_axis(flat, best, axis=-1, xp=xp)
         count = best // k
         slot = best % k
         chosen = []
         for item in range(used - 1, -1, -1):
             index = count * k + slot
-            took = xp.take_along_axis(xp.reshape(took_steps[item], (*batch, counts * k)), index, axis=-1)
-            source = xp.take_along_axis(xp.reshape(source_steps[item], (*batch, counts * k)), index, axis=-1)
+            took = take_along_axis(xp.reshape(took_steps[item], (*batch, counts * k)), index, axis=-1, xp=xp)
+            source = take_along_axis(
+                xp.reshape(source_steps[item], (*batch, counts * k)), index, axis=-1, xp=xp
+            )
             chosen.append(xp.astype(took, dtype))
             count = count - xp.astype(took, count.dtype)
             slot = source

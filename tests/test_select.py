@@ -84,3 +84,24 @@ def test_topk_mask_keeps_k_lowest_indices_among_ties(xp_name, make, case):
         expected = np.zeros(data.shape, dtype=bool)
         np.put_along_axis(expected, order[..., :k], True, axis=-1)
         np.testing.assert_array_equal(mask, expected, err_msg=f"k={k}")
+
+
+@pytest.mark.parametrize("library", ["numpy", "torch", "jax", "cupy"])
+def test_take_helpers_match_numpy(library):
+    # The native gathers (torch's index_select and take_along_dim, which skip
+    # array-api-compat's negative-index mapping) against NumPy's, including
+    # the broadcast index that SparseMAP uses to reorder atoms.
+    from sparsecore._lib._namespace import take, take_along_axis
+
+    rng = np.random.default_rng(5)
+    values = rng.standard_normal((4, 3, 5))
+    rows = np.array([2, 0, 3, 3])
+    order = np.argsort(values[..., 0], axis=-1)  # (4, 3)
+    with backend_context(library):
+        x = asarray(library, values)
+        xp = array_namespace(x)
+        taken = take(x, asarray(library, rows, "int64"), 0, xp=xp)
+        along = take_along_axis(x, asarray(library, order[..., None], "int64"), -2, xp=xp)
+        assert array_namespace(taken) is xp and array_namespace(along) is xp
+        np.testing.assert_array_equal(to_numpy(taken), values[rows])
+        np.testing.assert_array_equal(to_numpy(along), np.take_along_axis(values, order[..., None], axis=-2))

@@ -30,6 +30,8 @@ __all__ = [
     "quiet",
     "sign",
     "solver_dtype",
+    "take",
+    "take_along_axis",
     "while_loop",
 ]
 
@@ -60,6 +62,27 @@ def solver_dtype(dtype: Any, dev: Any, *, xp: Any) -> Any:
         info = xp.__array_namespace_info__()
         wide = "float64" in info.dtypes(device=dev, kind="real floating")
     return xp.float64 if wide else compute_dtype(dtype, xp=xp)
+
+
+def take(x: Any, indices: Any, axis: int, *, xp: Any) -> Any:
+    """``xp.take`` for nonnegative ``indices``.
+
+    PyTorch takes ``index_select`` directly: array-api-compat first maps
+    negative indices, three more operations per call, which the solvers'
+    row gathers (argsort results, never negative) do not need.
+    """
+    if is_torch_namespace(xp):
+        return x.index_select(axis, indices)
+    return xp.take(x, indices, axis=axis)
+
+
+def take_along_axis(x: Any, indices: Any, axis: int, *, xp: Any) -> Any:
+    """``xp.take_along_axis`` for nonnegative ``indices`` (see :func:`take`)."""
+    if is_torch_namespace(xp):
+        import torch
+
+        return torch.take_along_dim(x, indices, dim=axis)
+    return xp.take_along_axis(x, indices, axis=axis)
 
 
 def while_loop(
