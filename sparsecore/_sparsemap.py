@@ -468,7 +468,7 @@ def _active_set(
     back = xp.argsort(xp.concat([kept, again], axis=0))
     return (
         tuple(  # type: ignore[return-value]
-            take(xp.concat([take(x, kept, axis=0), y], axis=0), back, axis=0, xp=xp)
+            take(xp.concat([take(x, kept, axis=0, xp=xp), y], axis=0), back, axis=0, xp=xp)
             for x, y in zip((weights, atoms, converged), retried, strict=True)
         )
         if rows
