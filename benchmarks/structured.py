@@ -10,6 +10,7 @@ and largest support sizes found.  One CPU thread.
 
     python benchmarks/structured.py
     python benchmarks/structured.py --dims 32 --batches 64 --frameworks numpy torch
+    python benchmarks/structured.py --floor    # lower bounds in PyTorch, batch 1024
 """
 
 from __future__ import annotations
@@ -86,6 +87,58 @@ def seconds(run: Callable[[], object], repeats: int) -> float:
     return float(best)
 
 
+def floor_table(dims: list[int], batch: int, sigmas: list[float], repeats: int) -> None:
+    """Lower bounds for any batched active set built from PyTorch operations.
+
+    Every atom of a row's final support enters through one oracle call, and
+    each entering step needs at least: the oracle (``Budget.argmax``), the
+    new atom's inner products with the active ones (a batched matvec over
+    (n, w, D)), the marginals (another), the bordered inverse times the new
+    Gram column (a matvec over (n, w, w)) and its rank-one update, with w
+    the atoms already active.  ``floor`` sums those five operations' measured
+    cost per row over the widths 1, ..., (support - 1) of every row, using the
+    supports sparsecore finds; drops, checks and bookkeeping come on top.
+    """
+    import torch
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    print(f"float64, one CPU thread, torch, batch {batch}; microseconds per instance")
+    print()
+    print("| D | sigma | structure | support mean / max | floor (us) | sparsecore (us) | target (us) |")
+    print("|---|---|---|---|---:|---:|---:|")
+    for dim in dims:
+        target = 10 if dim <= 32 else 100
+        for sigma in sigmas:
+            for budget in (dim // 2, dim // 8):
+                structure = sparsecore.Budget(dim, budget)
+                t = torch.from_numpy(sigma * rng.standard_normal((batch, dim)))
+                elapsed = seconds(lambda t=t, s=structure: sparsecore.sparsemap(t, s), repeats) / batch
+                probs, _ = sparsecore.sparsemap(t, structure)
+                support = (probs > 0).sum(-1).numpy()
+                cost = np.zeros(int(support.max()) + 1)  # cost[w]: one step at width w, per row
+                scores = torch.from_numpy(rng.standard_normal((batch, dim)))
+                oracle = seconds(lambda v=scores, s=structure: s.argmax(v), repeats)
+                candidate = structure.argmax(scores)
+                for width in range(1, len(cost)):
+                    atoms = (torch.rand(batch, width, dim, dtype=torch.float64) < 0.5).double()
+                    inverse = torch.rand(batch, width, width, dtype=torch.float64)
+                    weights = torch.rand(batch, width, dtype=torch.float64)
+                    steps = (
+                        lambda: atoms @ candidate[:, :, None],
+                        lambda: weights[:, None, :] @ atoms,
+                        lambda: inverse @ weights[:, :, None],
+                        lambda: inverse.addcmul_(weights[:, :, None], weights[:, None, :], value=1e-30),
+                    )
+                    cost[width] = (oracle + sum(seconds(step, repeats) for step in steps)) / batch
+                floor = np.mean([cost[np.maximum(np.arange(size), 1)].sum() for size in support])
+                print(
+                    f"| {dim} | {sigma} | Budget B={budget} | {support.mean():.1f} / {support.max()} "
+                    f"| {floor * 1e6:.1f} | {elapsed * 1e6:.1f} | {target} |",
+                    flush=True,
+                )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -96,7 +149,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frameworks", nargs="+", default=["numpy", "torch", "jax"])
     parser.add_argument("--reference-rows", type=int, default=64, help="rows timed for the reference")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="instead, lower bounds on Budget for any active set from torch operations (largest batch)",
+    )
     args = parser.parse_args(argv)
+    if args.floor:
+        floor_table(args.dims, max(args.batches), args.sigmas, max(args.repeats, 3))
+        return 0
 
     converters: dict[str, Callable[[np.ndarray], object]] = {"numpy": lambda x: x}
     if "torch" in args.frameworks:

@@ -452,11 +452,7 @@ def _active_set(
     # Rows still running after about twice the most atoms a row can hold are
     # cycling on degenerate atoms: the KKT loop takes them over.
     budget = min(max_iter, 2 * slots + 16)
-    weights, atoms, active, converged = _active_set_eager(t, structure, slots, budget, tol, xp=xp)
-    # Degenerate atoms that ended with weight 0 become padding slots too.
-    active = active & (weights > 0)
-    weights = xp.where(active, weights, xp.zeros_like(weights))
-    atoms = xp.where(active[:, :, None], atoms, xp.zeros_like(atoms))
+    weights, atoms, _, converged = _active_set_eager(t, structure, slots, budget, tol, xp=xp)
     failed = int(xp.sum(xp.astype(~converged, xp.int32)))
     if failed == 0:
         return weights, atoms, converged
@@ -647,51 +643,48 @@ def _take_rows(
 def _assemble(
     finished: list[tuple[Any, ...]], rows: int, slots: int, *, xp: Any
 ) -> tuple[Any, Any, Any, Any]:
-    """The finished rows back in their original order, with ``slots`` slots."""
-    weights_parts, atoms_parts, active_parts, converged_parts, order_parts = [], [], [], [], []
+    """The finished rows back in their original order, with ``slots`` slots.
+
+    Each chunk's active slots move to its first columns; degenerate atoms
+    that ended with weight 0 become padding slots too.  The chunks are padded
+    only to the widest one before they are joined and reordered, and the
+    result to ``slots`` once, so that the (rows, slots, D) atoms are written
+    once rather than at every step.
+    """
+    parts = []
     for chunk_weights, chunk_atoms, chunk_active, converged, order in finished:
         batch, width, dim = chunk_atoms.shape
         columns = xp.argsort(xp.astype(~chunk_active, xp.int8), axis=-1, stable=True)[:, : min(width, slots)]
-        used = columns.shape[-1]
         weights = take_along_axis(chunk_weights, columns, axis=-1, xp=xp)
-        active = take_along_axis(chunk_active, columns, axis=-1, xp=xp)
-        index = xp.broadcast_to(columns[:, :, None], (batch, used, dim))
-        atoms = take_along_axis(chunk_atoms, index, axis=1, xp=xp)
-        if used < slots:
-            dev = device(atoms)
-            weights = xp.concat(
-                [weights, xp.zeros((batch, slots - used), dtype=weights.dtype, device=dev)], axis=-1
-            )
-            active = xp.concat([active, xp.zeros((batch, slots - used), dtype=xp.bool, device=dev)], axis=-1)
-            atoms = xp.concat(
-                [atoms, xp.zeros((batch, slots - used, dim), dtype=atoms.dtype, device=dev)], axis=-2
-            )
-        weights_parts.append(weights)
-        atoms_parts.append(atoms)
-        active_parts.append(active)
-        converged_parts.append(converged)
-        order_parts.append(order)
-    if len(finished) == 1:
-        weights, atoms, active, converged, order = (
-            weights_parts[0],
-            atoms_parts[0],
-            active_parts[0],
-            converged_parts[0],
-            order_parts[0],
+        active = take_along_axis(chunk_active, columns, axis=-1, xp=xp) & (weights > 0)
+        weights = xp.where(active, weights, xp.zeros_like(weights))
+        index = xp.broadcast_to(columns[:, :, None], (batch, columns.shape[-1], dim))
+        atoms = (
+            take_along_axis(chunk_atoms, index, axis=1, xp=xp)
+            * xp.astype(active, chunk_atoms.dtype)[..., None]
         )
-    else:
-        weights = xp.concat(weights_parts, axis=0)
-        atoms = xp.concat(atoms_parts, axis=0)
-        active = xp.concat(active_parts, axis=0)
-        converged = xp.concat(converged_parts, axis=0)
-        order = xp.concat(order_parts, axis=0)
+        parts.append((weights, atoms, active, converged, order))
+    used = max(part[0].shape[-1] for part in parts)
+    joined = [
+        xp.concat([_pad_slots(part[field], used, xp=xp) for part in parts], axis=0)
+        if len(parts) > 1
+        else _pad_slots(parts[0][field], used, xp=xp)
+        for field in range(3)
+    ]
+    converged = xp.concat([part[3] for part in parts], axis=0) if len(parts) > 1 else parts[0][3]
+    order = xp.concat([part[4] for part in parts], axis=0) if len(parts) > 1 else parts[0][4]
     back = xp.argsort(order)
-    return (
-        take(weights, back, axis=0, xp=xp),
-        take(atoms, back, axis=0, xp=xp),
-        take(active, back, axis=0, xp=xp),
-        take(converged, back, axis=0, xp=xp),
-    )
+    weights, atoms, active = (_pad_slots(take(x, back, axis=0, xp=xp), slots, xp=xp) for x in joined)
+    return weights, atoms, active, take(converged, back, axis=0, xp=xp)
+
+
+def _pad_slots(x: Any, slots: int, *, xp: Any) -> Any:
+    """Pad axis 1 (the slots) of ``x`` with zeros (False) to ``slots`` entries."""
+    missing = slots - x.shape[1]
+    if missing <= 0:
+        return x
+    shape = (x.shape[0], missing, *x.shape[2:])
+    return xp.concat([x, xp.zeros(shape, dtype=x.dtype, device=device(x))], axis=1)
 
 
 def _grow(state: tuple[Any, ...], capacity: int, *, xp: Any) -> tuple[Any, ...]:

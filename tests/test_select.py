@@ -102,6 +102,9 @@ def test_take_helpers_match_numpy(library):
         xp = array_namespace(x)
         taken = take(x, asarray(library, rows, "int64"), 0, xp=xp)
         along = take_along_axis(x, asarray(library, order[..., None], "int64"), -2, xp=xp)
+        full = np.argsort(values, axis=1)  # same shape as values: torch's gather
+        along_full = take_along_axis(x, asarray(library, full, "int64"), 1, xp=xp)
+        np.testing.assert_array_equal(to_numpy(along_full), np.take_along_axis(values, full, axis=1))
         assert array_namespace(taken) is xp and array_namespace(along) is xp
         np.testing.assert_array_equal(to_numpy(taken), values[rows])
         np.testing.assert_array_equal(to_numpy(along), np.take_along_axis(values, order[..., None], axis=-2))

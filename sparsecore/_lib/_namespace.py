@@ -81,6 +81,13 @@ def take_along_axis(x: Any, indices: Any, axis: int, *, xp: Any) -> Any:
     if is_torch_namespace(xp):
         import torch
 
+        # gather when no axis broadcasts: take_along_dim maps every index
+        # through a remainder first.
+        axis = axis % x.ndim
+        if indices.ndim == x.ndim and all(
+            indices.shape[other] == x.shape[other] for other in range(x.ndim) if other != axis
+        ):
+            return torch.gather(x, axis, indices)
         return torch.take_along_dim(x, indices, dim=axis)
     return xp.take_along_axis(x, indices, axis=axis)
 
