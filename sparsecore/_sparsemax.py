@@ -189,16 +189,24 @@ def prepare_rows(scores: Any, *, xp: Any, maxima: Any | None = None) -> tuple[An
     special = ~xp.isfinite(row_max)
     if not concrete_any(special, xp=xp):
         return scores, row_max, None if maxima is None else maxima - row_max, None
+    # Special rows: NaN, +inf (the row's +inf entries share the mass: they
+    # become 0 and everything else -inf) or only -inf.  Rows of NaN or of
+    # only -inf are solved on zeros and overwritten after.  The NaN rows are
+    # found on the scores: XLA's CPU maximum need not propagate NaN.  The
+    # same elementwise map takes the group maxima along (the maxima of the
+    # mapped groups), so they need no second pass over the scores.
     nan_rows = xp.any(xp.isnan(scores), axis=-1, keepdims=True)
     posinf_rows = (row_max == xp.inf) & ~nan_rows
     empty_rows = special & ~posinf_rows & ~nan_rows
-    zeros = xp.zeros_like(scores)
-    # A row with +inf entries: they share the mass, everything else is -inf.
-    posinf_shifted = xp.where(scores == xp.inf, zeros, xp.full_like(scores, -xp.inf))
-    # Rows of NaN or of only -inf are solved on zeros and overwritten after.
-    replacement = xp.where(posinf_rows, posinf_shifted, zeros)
-    shifted = xp.where(special, replacement, scores - row_max)
-    return shifted, None, None if maxima is None else group_maxima(shifted, xp=xp), (nan_rows, empty_rows)
+    blank = nan_rows | empty_rows
+    safe_max = xp.where(special, xp.zeros_like(row_max), row_max)
+
+    def tame(x: Any) -> Any:
+        zeros = xp.zeros_like(x)
+        top = xp.where(x == xp.inf, zeros, xp.full_like(x, -xp.inf))
+        return xp.where(posinf_rows, top, xp.where(blank, zeros, x - safe_max))
+
+    return tame(scores), None, None if maxima is None else tame(maxima), (nan_rows, empty_rows)
 
 
 def apply_fix(probs: Any, fix: Any, *, xp: Any) -> Any:
@@ -419,10 +427,13 @@ def sparsemax_vjp_last(probs: Any, cotangent: Any, *, xp: Any) -> Any:
     """Sparsemax VJP along the last axis (no validation)."""
     support = sign(probs, xp=xp)
     count = xp.sum(support, axis=-1, keepdims=True)
-    # ``0 * sum(probs)`` is 0, or NaN on a NaN row, which then stays NaN.
-    nan_guard = 0.0 * xp.sum(probs, axis=-1, keepdims=True)
     grad = cotangent * support
-    mean = xp.sum(grad, axis=-1, keepdims=True) / xp.clip(count, min=1.0) + nan_guard
+    mean = xp.sum(grad, axis=-1, keepdims=True) / xp.clip(count, min=1.0)
+    # A NaN row's count, and so its mean, is NaN (the sign of NaN is NaN),
+    # except in PyTorch, whose sign of NaN is 0: there ``0 * sum(probs)``,
+    # 0 or NaN on a NaN row, keeps the row NaN (one more pass elsewhere).
+    if is_torch_namespace(xp):
+        mean = mean + 0.0 * xp.sum(probs, axis=-1, keepdims=True)
     # grad = (cotangent - mean) * support, with two temporaries in all (the
     # in-place operators write into ``grad`` where the namespace allows; it is
     # batched under ``torch.func`` whenever any operand is).

@@ -142,7 +142,8 @@ def quiet(xp: Any) -> Any:
 
 
 def sign(x: Any, *, xp: Any) -> Any:
-    """Elementwise sign; NaN entries may give 0 or NaN (callers handle NaN).
+    """Elementwise sign; NaN gives NaN, except in PyTorch, where it gives 0
+    (callers handle that).
 
     PyTorch takes its native ``Tensor.sign``: the array-api-compat wrapper
     repairs NaN with boolean indexing, which ``torch.func.vmap`` rejects.
