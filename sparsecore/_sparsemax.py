@@ -186,7 +186,9 @@ def prepare_rows(scores: Any, *, xp: Any, maxima: Any | None = None) -> tuple[An
     row_max = xp.max(scores if maxima is None else maxima, axis=-1, keepdims=True)
     # One test finds every special row: the maximum propagates NaN, is +inf
     # when a row holds +inf and -inf when a row holds only -inf.
-    special = ~xp.isfinite(row_max)
+    # (``m - m`` is 0 exactly when ``m`` is finite: one operation where
+    # PyTorch's ``isfinite`` makes five.)
+    special = (row_max - row_max) != 0.0
     if not concrete_any(special, xp=xp):
         return scores, row_max, None if maxima is None else maxima - row_max, None
     # Special rows: NaN, +inf (the row's +inf entries share the mass: they

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from array_api_compat import (
     array_namespace,
+    is_array_api_strict_namespace,
     is_cupy_namespace,
     is_jax_namespace,
     is_numpy_namespace,
@@ -40,6 +41,8 @@ State = TypeVar("State")
 
 def compute_dtype(dtype: Any, *, xp: Any) -> Any:
     """The dtype the core computes in: float32 for half precisions."""
+    if dtype in (xp.float32, xp.float64):
+        return dtype
     half = [xp.float16] if hasattr(xp, "float16") else []
     if hasattr(xp, "bfloat16"):
         half.append(xp.bfloat16)
@@ -132,8 +135,6 @@ def quiet(xp: Any) -> Any:
     repaired afterwards), so NumPy-backed namespaces must not warn about them.
     Other namespaces do not warn; they get a null context.
     """
-    from array_api_compat import is_array_api_strict_namespace
-
     if is_numpy_namespace(xp) or is_array_api_strict_namespace(xp):
         import numpy as np
 
