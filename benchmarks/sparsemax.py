@@ -10,7 +10,7 @@ framework's softmax.
     python benchmarks/sparsemax.py                 # every shape
     python benchmarks/sparsemax.py --shapes 64x10 1024x256 --scale 0.1
     python benchmarks/sparsemax.py --device gpu    # CUDA tensors / JAX's GPU
-    python benchmarks/sparsemax.py --floor         # lower bounds in PyTorch
+    python benchmarks/sparsemax.py --floor         # lower bounds in PyTorch and JAX
 """
 
 from __future__ import annotations
@@ -155,6 +155,51 @@ def torch_floor_rows(
     return rows
 
 
+def jax_floor_rows(
+    scores: np.ndarray, cotangent: np.ndarray, budget: float
+) -> dict[str, tuple[float, float]]:
+    """The idealized sparsemax of :func:`torch_floor_rows` under ``jax.jit``
+    (a ``custom_vjp``), against ``jax.nn.softmax`` and ``sparsecore_jax``."""
+    import jax
+    import jax.numpy as jnp
+    import sparsecore_jax
+
+    s = jnp.asarray(scores)
+    g = jnp.asarray(cotangent)
+
+    @jax.custom_vjp
+    def idealized(x: jax.Array) -> jax.Array:
+        probs = jnp.maximum(x - (x.max(axis=-1, keepdims=True) - 1.0), 0.0)
+        count = jnp.sign(probs).sum(axis=-1, keepdims=True)
+        return jnp.maximum(probs - (probs.sum(axis=-1, keepdims=True) - 1.0) / count, 0.0)
+
+    def forward(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        probs = idealized(x)
+        return probs, probs
+
+    def backward(probs: jax.Array, grad: jax.Array) -> tuple[jax.Array]:
+        support = jnp.sign(probs)
+        out = grad * support
+        mean = out.sum(axis=-1, keepdims=True) / support.sum(axis=-1, keepdims=True)
+        return ((out - mean) * support,)
+
+    idealized.defvjp(forward, backward)
+    methods = {
+        "jax.nn.softmax (jit)": lambda x: jax.nn.softmax(x, axis=-1),
+        "floor: idealized sparsemax (jit, not exact)": idealized,
+        "sparsecore_jax.sparsemax (jit)": lambda x: sparsecore_jax.sparsemax(x, axis=-1),
+    }
+    rows = {}
+    for name, fn in methods.items():
+        forward_jit = jax.jit(fn)
+        forward_backward = jax.jit(jax.grad(lambda x, fn=fn: jnp.vdot(fn(x), g)))
+        rows[name] = (
+            median_seconds(lambda f=forward_jit: f(s).block_until_ready(), budget),
+            median_seconds(lambda fb=forward_backward: fb(s).block_until_ready(), budget),
+        )
+    return rows
+
+
 def jax_rows(
     scores: np.ndarray, cotangent: np.ndarray, budget: float, gpu: bool = False
 ) -> dict[str, tuple[float, float]]:
@@ -200,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--floor",
         action="store_true",
-        help="instead, PyTorch lower bounds: a one-pass custom Function and an idealized sparsemax",
+        help="instead, lower bounds: a one-pass custom Function and an idealized sparsemax (and JAX's)",
     )
     args = parser.parse_args(argv)
     gpu = args.device == "gpu"
@@ -216,9 +261,10 @@ def main(argv: list[str] | None = None) -> int:
     for batch, size in args.shapes:
         scores = (args.scale * rng.standard_normal((batch, size))).astype(np.float32)
         cotangent = rng.standard_normal((batch, size)).astype(np.float32)
-        for framework in ["torch"] if args.floor else args.frameworks:
+        for framework in args.frameworks:
             if args.floor:
-                rows = torch_floor_rows(scores, cotangent, args.budget)
+                floor_rows = torch_floor_rows if framework == "torch" else jax_floor_rows
+                rows = floor_rows(scores, cotangent, args.budget)
             else:
                 rows = (torch_rows if framework == "torch" else jax_rows)(scores, cotangent, args.budget, gpu)
             base_forward, base_both = next(iter(rows.values()))
