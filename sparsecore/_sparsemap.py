@@ -413,7 +413,8 @@ def _start(t: Any, structure: Any, width: int, tol: float, *, xp: Any) -> _Rows:
     dtype = t.dtype
     dev = device(t)
     first = structure.argmax(t)
-    first_slot = xp.arange(width, device=dev)[None, :] == xp.zeros((rows, 1), dtype=xp.int64, device=dev)
+    positions = xp.arange(width, device=dev)
+    first_slot = positions[None, :] == xp.zeros((rows, 1), dtype=positions.dtype, device=dev)
     slot = xp.astype(first_slot, dtype)
     size = xp.sum(first * first, axis=-1, keepdims=True)
     atoms = xp.concat([first[:, None, :], xp.zeros((rows, width - 1, dim), dtype=dtype, device=dev)], axis=-2)
@@ -449,11 +450,11 @@ def _active_set(
     (rare: degenerate, nearly dependent atoms) are solved again by the loop
     that solves the KKT system anew at every step, which JAX always runs.
     """
-    if is_jax_namespace(xp):
-        return _active_set_fixed(t, structure, slots, max_iter, tol, xp=xp)
     # Rows still running after about twice the most atoms a row can hold are
     # cycling on degenerate atoms: the KKT loop takes them over.
     budget = min(max_iter, 2 * slots + 16)
+    if is_jax_namespace(xp):
+        return _active_set_jax(t, structure, slots, budget, max_iter, tol, xp=xp)
     weights, atoms, _, converged = _active_set_eager(t, structure, slots, budget, tol, xp=xp)
     failed = int(xp.sum(xp.astype(~converged, xp.int32)))
     if failed == 0:
@@ -472,6 +473,109 @@ def _active_set(
         if rows
         else (weights, atoms, converged)
     )
+
+
+def _active_set_jax(
+    t: Any, structure: Any, slots: int, budget: int, max_iter: int, tol: float, *, xp: Any
+) -> tuple[Any, Any, Any]:
+    """The incremental active set of :func:`_active_set_eager` with the
+    static shapes that ``jax.jit`` needs.
+
+    Every row keeps ``slots + 1`` columns (the active atoms and room for one
+    entering atom, which takes the row's first free column), all rows run
+    until every row is done, and doubtful rows get their inverse recomputed
+    in place.  Rows left unconverged after ``budget`` steps are solved again
+    by :func:`_active_set_fixed` (under ``lax.cond``: only when there are
+    such rows).
+    """
+    import jax
+
+    dtype = t.dtype
+    width = slots + 1
+    positions = xp.arange(width, device=device(t))
+    state = _start(t, structure, width, tol, xp=xp)
+
+    def cond(carry: tuple[_Rows, Any]) -> Any:
+        state, count = carry
+        return ~xp.all(state.done) & (count < budget)
+
+    def body(carry: tuple[_Rows, Any]) -> tuple[_Rows, Any]:
+        state, count = carry
+        used = xp.sum(xp.astype(state.active, xp.int32), axis=-1)
+        first_free = xp.argmax(xp.astype(~state.active, xp.int32), axis=-1)
+        new_slot = positions[None, :] == first_free[:, None]
+        update = _iterate(state, new_slot, used < slots, structure, xp=xp)
+        # A column freed by a drop keeps rounding residue in the inverse:
+        # clear the entering column's row and column before the update.
+        entering = update.grow[:, None] & new_slot
+        keep = xp.astype(~entering, dtype)
+        inverse = state.inverse * keep[:, :, None] * keep[:, None, :]
+        inverse = inverse + update.coef[:, None, None] * (
+            update.direction[:, :, None] * update.direction[:, None, :]
+        )
+        atoms = xp.where(entering[:, :, None], update.candidate[:, None, :], state.atoms)
+        left, right, weights, active, sizes, converged, done = update[:7]
+
+        def refresh(values: tuple[Any, Any, Any]) -> tuple[Any, Any, Any]:
+            fresh_values = _refresh(t, atoms, active, xp=xp)
+            doubtful = update.doubtful
+            return (
+                xp.where(doubtful[:, None, None], fresh_values[0], values[0]),
+                xp.where(doubtful[:, None], fresh_values[1], values[1]),
+                xp.where(doubtful[:, None], fresh_values[2], values[2]),
+            )
+
+        inverse, left, right = jax.lax.cond(
+            xp.any(update.doubtful), refresh, lambda values: values, (inverse, left, right)
+        )
+        state = _Rows(
+            t,
+            state.gap_tol,
+            atoms,
+            inverse,
+            left,
+            right,
+            weights,
+            active,
+            sizes,
+            converged,
+            done,
+            update.doubtful,
+        )
+        return state, count + 1
+
+    state, _ = jax.lax.while_loop(cond, body, (state, xp.zeros((), dtype=xp.int32)))
+    weights, atoms, _, converged = _compact(
+        state.weights, state.atoms, state.active, state.converged, slots, xp=xp
+    )
+
+    def retry(current: tuple[Any, Any, Any]) -> tuple[Any, Any, Any]:
+        again = _active_set_fixed(t, structure, slots, max_iter, tol, xp=xp)
+        keep = current[2]
+        return (
+            xp.where(keep[:, None], current[0], again[0]),
+            xp.where(keep[:, None, None], current[1], again[1]),
+            keep | again[2],
+        )
+
+    return jax.lax.cond(  # type: ignore[no-any-return]
+        xp.all(converged), lambda current: current, retry, (weights, atoms, converged)
+    )
+
+
+def _compact(
+    weights: Any, atoms: Any, active: Any, converged: Any, slots: int, *, xp: Any
+) -> tuple[Any, Any, Any, Any]:
+    """Active slots first, ``slots`` of them; degenerate atoms that ended with
+    weight 0 become padding slots too."""
+    batch, _, dim = atoms.shape
+    columns = xp.argsort(xp.astype(~active, xp.int8), axis=-1, stable=True)[:, :slots]
+    weights = take_along_axis(weights, columns, axis=-1, xp=xp)
+    active = take_along_axis(active, columns, axis=-1, xp=xp) & (weights > 0)
+    weights = xp.where(active, weights, xp.zeros_like(weights))
+    index = xp.broadcast_to(columns[:, :, None], (batch, slots, dim))
+    atoms = take_along_axis(atoms, index, axis=1, xp=xp) * xp.astype(active, atoms.dtype)[..., None]
+    return weights, atoms, active, converged
 
 
 def _refresh(t: Any, atoms: Any, active: Any, *, xp: Any) -> tuple[Any, Any, Any]:
