@@ -173,7 +173,10 @@ def sparsemap(
     The JAX binding of :func:`sparsecore.sparsemap`; the active-set loop is a
     bounded ``lax.while_loop``, so it works under ``jax.jit`` and
     ``jax.vmap``.  A row that does not converge within ``max_iter`` gets NaN
-    ``probs`` (it is never returned silently).
+    ``probs`` (it is never returned silently).  The function is batched
+    already: prefer passing a batch of rows to ``jax.vmap``, under which both
+    branches of the loop's ``lax.cond`` run (the recomputation of doubtful
+    rows at every step, and the slower solve-per-step loop once).
 
     Examples
     --------
