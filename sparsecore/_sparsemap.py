@@ -566,8 +566,9 @@ def _active_set_jax(
 def _compact(
     weights: Any, atoms: Any, active: Any, converged: Any, slots: int, *, xp: Any
 ) -> tuple[Any, Any, Any, Any]:
-    """Active slots first, ``slots`` of them; degenerate atoms that ended with
-    weight 0 become padding slots too."""
+    """Each row's active slots moved to its first ``slots`` columns (at least
+    as many as any row has active); degenerate atoms that ended with weight 0
+    become padding slots too."""
     batch, _, dim = atoms.shape
     columns = xp.argsort(xp.astype(~active, xp.int8), axis=-1, stable=True)[:, :slots]
     weights = take_along_axis(weights, columns, axis=-1, xp=xp)
@@ -759,15 +760,9 @@ def _assemble(
     """
     parts = []
     for chunk_weights, chunk_atoms, chunk_active, converged, order in finished:
-        batch, width, dim = chunk_atoms.shape
-        columns = xp.argsort(xp.astype(~chunk_active, xp.int8), axis=-1, stable=True)[:, : min(width, slots)]
-        weights = take_along_axis(chunk_weights, columns, axis=-1, xp=xp)
-        active = take_along_axis(chunk_active, columns, axis=-1, xp=xp) & (weights > 0)
-        weights = xp.where(active, weights, xp.zeros_like(weights))
-        index = xp.broadcast_to(columns[:, :, None], (batch, columns.shape[-1], dim))
-        atoms = (
-            take_along_axis(chunk_atoms, index, axis=1, xp=xp)
-            * xp.astype(active, chunk_atoms.dtype)[..., None]
+        width = chunk_atoms.shape[1]
+        weights, atoms, active, _ = _compact(
+            chunk_weights, chunk_atoms, chunk_active, converged, min(width, slots), xp=xp
         )
         parts.append((weights, atoms, active, converged, order))
     used = max(part[0].shape[-1] for part in parts)
