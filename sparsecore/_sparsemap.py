@@ -481,70 +481,35 @@ def _active_set_jax(
     """The incremental active set of :func:`_active_set_eager` with the
     static shapes that ``jax.jit`` needs.
 
-    Every row keeps ``slots + 1`` columns (the active atoms and room for one
-    entering atom, which takes the row's first free column), all rows run
-    until every row is done, and doubtful rows get their inverse recomputed
-    in place.  Rows left unconverged after ``budget`` steps are solved again
-    by :func:`_active_set_fixed` (under ``lax.cond``: only when there are
-    such rows).
+    Each row holds its active atoms in a fixed number of columns, one more
+    than it may fill (an entering atom takes the row's first free column).
+    The columns double in phases, from 16 up to ``slots + 1``: a phase runs
+    until every row is done or out of room, and the rows out of room go on
+    in the next, wider phase, so that the work follows the widest support
+    found so far rather than ``D + 2`` columns from the start.  All rows
+    run until the slowest row is done; doubtful rows get their inverse
+    recomputed in place.  Rows left unconverged after ``budget`` steps in
+    all are solved again by :func:`_active_set_fixed` (under ``lax.cond``:
+    only when there are such rows).
     """
     import jax
 
-    dtype = t.dtype
-    width = slots + 1
-    positions = xp.arange(width, device=device(t))
-    state = _start(t, structure, width, tol, xp=xp)
-
-    def cond(carry: tuple[_Rows, Any]) -> Any:
-        state, count = carry
-        return ~xp.all(state.done) & (count < budget)
-
-    def body(carry: tuple[_Rows, Any]) -> tuple[_Rows, Any]:
-        state, count = carry
-        used = xp.sum(xp.astype(state.active, xp.int32), axis=-1)
-        first_free = xp.argmax(xp.astype(~state.active, xp.int32), axis=-1)
-        new_slot = positions[None, :] == first_free[:, None]
-        update = _iterate(state, new_slot, used < slots, structure, xp=xp)
-        # A column freed by a drop keeps rounding residue in the inverse:
-        # clear the entering column's row and column before the update.
-        entering = update.grow[:, None] & new_slot
-        keep = xp.astype(~entering, dtype)
-        inverse = state.inverse * keep[:, :, None] * keep[:, None, :]
-        inverse = inverse + update.coef[:, None, None] * (
-            update.direction[:, :, None] * update.direction[:, None, :]
+    widths = [min(slots + 1, 16)]
+    while widths[-1] < slots + 1:
+        widths.append(min(slots + 1, 2 * widths[-1]))
+    state = _start(t, structure, widths[0], tol, xp=xp)
+    count = xp.zeros((), dtype=xp.int32)
+    for width in widths:
+        if width > state.atoms.shape[1]:
+            # Rows that stopped for want of room go on with more columns.
+            full = xp.sum(xp.astype(state.active, xp.int32), axis=-1) == state.atoms.shape[1] - 1
+            state = _widen(state, width, xp=xp)
+            state = state._replace(done=state.done & ~(full & ~state.converged))
+        state, count = jax.lax.while_loop(
+            lambda carry: ~xp.all(carry[0].done) & (carry[1] < budget),
+            _jax_step(structure, min(slots, width - 1), xp=xp),
+            (state, count),
         )
-        atoms = xp.where(entering[:, :, None], update.candidate[:, None, :], state.atoms)
-        left, right, weights, active, sizes, converged, done = update[:7]
-
-        def refresh(values: tuple[Any, Any, Any]) -> tuple[Any, Any, Any]:
-            fresh_values = _refresh(t, atoms, active, xp=xp)
-            doubtful = update.doubtful
-            return (
-                xp.where(doubtful[:, None, None], fresh_values[0], values[0]),
-                xp.where(doubtful[:, None], fresh_values[1], values[1]),
-                xp.where(doubtful[:, None], fresh_values[2], values[2]),
-            )
-
-        inverse, left, right = jax.lax.cond(
-            xp.any(update.doubtful), refresh, lambda values: values, (inverse, left, right)
-        )
-        state = _Rows(
-            t,
-            state.gap_tol,
-            atoms,
-            inverse,
-            left,
-            right,
-            weights,
-            active,
-            sizes,
-            converged,
-            done,
-            update.doubtful,
-        )
-        return state, count + 1
-
-    state, _ = jax.lax.while_loop(cond, body, (state, xp.zeros((), dtype=xp.int32)))
     weights, atoms, _, converged = _compact(
         state.weights, state.atoms, state.active, state.converged, slots, xp=xp
     )
@@ -560,6 +525,73 @@ def _active_set_jax(
 
     return jax.lax.cond(  # type: ignore[no-any-return]
         xp.all(converged), lambda current: current, retry, (weights, atoms, converged)
+    )
+
+
+def _jax_step(structure: Any, room: int, *, xp: Any) -> Any:
+    """One step of :func:`_active_set_jax` on every row, rows holding at
+    most ``room`` atoms."""
+    import jax
+
+    def body(carry: tuple[_Rows, Any]) -> tuple[_Rows, Any]:
+        state, count = carry
+        dtype = state.t.dtype
+        positions = xp.arange(state.atoms.shape[1], device=device(state.t))
+        used = xp.sum(xp.astype(state.active, xp.int32), axis=-1)
+        first_free = xp.argmax(xp.astype(~state.active, xp.int32), axis=-1)
+        new_slot = positions[None, :] == first_free[:, None]
+        update = _iterate(state, new_slot, used < room, structure, xp=xp)
+        # A column freed by a drop keeps rounding residue in the inverse:
+        # clear the entering column's row and column before the update.
+        entering = update.grow[:, None] & new_slot
+        keep = xp.astype(~entering, dtype)
+        inverse = state.inverse * keep[:, :, None] * keep[:, None, :]
+        inverse = inverse + update.coef[:, None, None] * (
+            update.direction[:, :, None] * update.direction[:, None, :]
+        )
+        atoms = xp.where(entering[:, :, None], update.candidate[:, None, :], state.atoms)
+        left, right, weights, active, sizes, converged, done = update[:7]
+
+        def refresh(values: tuple[Any, Any, Any]) -> tuple[Any, Any, Any]:
+            fresh_values = _refresh(state.t, atoms, active, xp=xp)
+            doubtful = update.doubtful
+            return (
+                xp.where(doubtful[:, None, None], fresh_values[0], values[0]),
+                xp.where(doubtful[:, None], fresh_values[1], values[1]),
+                xp.where(doubtful[:, None], fresh_values[2], values[2]),
+            )
+
+        inverse, left, right = jax.lax.cond(
+            xp.any(update.doubtful), refresh, lambda values: values, (inverse, left, right)
+        )
+        fields = (atoms, inverse, left, right, weights, active, sizes, converged, done, update.doubtful)
+        return _Rows(state.t, state.gap_tol, *fields), count + 1
+
+    return body
+
+
+def _widen(state: _Rows, width: int, *, xp: Any) -> _Rows:
+    """``state`` with ``width`` columns: the new ones empty."""
+    extra = width - state.atoms.shape[1]
+    rows, _, dim = state.atoms.shape
+    dev = device(state.t)
+
+    def pad(x: Any) -> Any:
+        return xp.concat([x, xp.zeros((rows, extra), dtype=x.dtype, device=dev)], axis=1)
+
+    inverse = xp.concat(
+        [state.inverse, xp.zeros((rows, extra, width - extra), dtype=state.t.dtype, device=dev)], axis=1
+    )
+    inverse = xp.concat([inverse, xp.zeros((rows, width, extra), dtype=state.t.dtype, device=dev)], axis=2)
+    atoms = xp.concat([state.atoms, xp.zeros((rows, extra, dim), dtype=state.t.dtype, device=dev)], axis=1)
+    return state._replace(
+        atoms=atoms,
+        inverse=inverse,
+        left=pad(state.left),
+        right=pad(state.right),
+        weights=pad(state.weights),
+        active=pad(state.active),
+        sizes=pad(state.sizes),
     )
 
 
