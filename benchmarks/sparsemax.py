@@ -21,6 +21,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 # One CPU thread for every framework, set before they are imported (a GPU run
 # passes --device gpu, which main() reads before importing any framework).
@@ -46,6 +47,47 @@ def median_seconds(run: Callable[[], object], budget: float, min_repeats: int = 
     return statistics.median(times)
 
 
+def time_torch(
+    methods: dict[str, Callable[[Any], Any]], s: Any, g: Any, budget: float, sync: Callable[[], object]
+) -> dict[str, tuple[float, float]]:
+    """Median forward and forward+backward seconds of each PyTorch method."""
+    import torch
+
+    rows = {}
+    for name, fn in methods.items():
+
+        def forward(fn: Callable[[Any], Any] = fn) -> None:
+            with torch.no_grad():
+                fn(s)
+            sync()
+
+        def forward_backward(fn: Callable[[Any], Any] = fn) -> None:
+            x = s.detach().requires_grad_()
+            fn(x).backward(g)
+            sync()
+
+        rows[name] = (median_seconds(forward, budget), median_seconds(forward_backward, budget))
+    return rows
+
+
+def time_jax(
+    methods: dict[str, Callable[[Any], Any]], s: Any, g: Any, budget: float
+) -> dict[str, tuple[float, float]]:
+    """Median forward and forward+backward seconds of each JAX method under ``jit``."""
+    import jax
+    import jax.numpy as jnp
+
+    rows = {}
+    for name, fn in methods.items():
+        forward = jax.jit(fn)
+        forward_backward = jax.jit(jax.grad(lambda x, fn=fn: jnp.vdot(fn(x), g)))
+        rows[name] = (
+            median_seconds(lambda forward=forward: forward(s).block_until_ready(), budget),
+            median_seconds(lambda fb=forward_backward: fb(s).block_until_ready(), budget),
+        )
+    return rows
+
+
 def torch_rows(
     scores: np.ndarray, cotangent: np.ndarray, budget: float, gpu: bool = False
 ) -> dict[str, tuple[float, float]]:
@@ -68,21 +110,7 @@ def torch_rows(
         f"entmax.sparsemax(k={partial_k})": lambda x: entmax.sparsemax(x, dim=-1, k=partial_k),
         "entmax.sparsemax_bisect": lambda x: entmax.sparsemax_bisect(x, dim=-1),
     }
-    rows = {}
-    for name, fn in methods.items():
-
-        def forward(fn: Callable[[torch.Tensor], torch.Tensor] = fn) -> None:
-            with torch.no_grad():
-                fn(s)
-            sync()
-
-        def forward_backward(fn: Callable[[torch.Tensor], torch.Tensor] = fn) -> None:
-            x = s.detach().requires_grad_()
-            fn(x).backward(g)
-            sync()
-
-        rows[name] = (median_seconds(forward, budget), median_seconds(forward_backward, budget))
-    return rows
+    return time_torch(methods, s, g, budget, sync)
 
 
 def torch_floor_rows(
@@ -140,19 +168,7 @@ def torch_floor_rows(
         "floor: idealized sparsemax (not exact)": Idealized.apply,
         "sparsecore_torch.sparsemax": lambda x: __import__("sparsecore_torch").sparsemax(x, dim=-1),
     }
-    rows = {}
-    for name, fn in methods.items():
-
-        def forward(fn: Callable[[torch.Tensor], torch.Tensor] = fn) -> None:
-            with torch.no_grad():
-                fn(s)
-
-        def forward_backward(fn: Callable[[torch.Tensor], torch.Tensor] = fn) -> None:
-            x = s.detach().requires_grad_()
-            fn(x).backward(g)
-
-        rows[name] = (median_seconds(forward, budget), median_seconds(forward_backward, budget))
-    return rows
+    return time_torch(methods, s, g, budget, lambda: None)
 
 
 def jax_floor_rows(
@@ -189,15 +205,7 @@ def jax_floor_rows(
         "floor: idealized sparsemax (jit, not exact)": idealized,
         "sparsecore_jax.sparsemax (jit)": lambda x: sparsecore_jax.sparsemax(x, axis=-1),
     }
-    rows = {}
-    for name, fn in methods.items():
-        forward_jit = jax.jit(fn)
-        forward_backward = jax.jit(jax.grad(lambda x, fn=fn: jnp.vdot(fn(x), g)))
-        rows[name] = (
-            median_seconds(lambda f=forward_jit: f(s).block_until_ready(), budget),
-            median_seconds(lambda fb=forward_backward: fb(s).block_until_ready(), budget),
-        )
-    return rows
+    return time_jax(methods, s, g, budget)
 
 
 def jax_rows(
@@ -216,15 +224,7 @@ def jax_rows(
         "sparsecore_jax.sparsemax (jit)": lambda x: sparsecore_jax.sparsemax(x, axis=-1),
         "optax projection_simplex (jit)": jax.vmap(optax.projections.projection_simplex),
     }
-    rows = {}
-    for name, fn in methods.items():
-        forward = jax.jit(fn)
-        forward_backward = jax.jit(jax.grad(lambda x, fn=fn: jnp.vdot(fn(x), g)))
-        rows[name] = (
-            median_seconds(lambda forward=forward: forward(s).block_until_ready(), budget),
-            median_seconds(lambda fb=forward_backward: fb(s).block_until_ready(), budget),
-        )
-    return rows
+    return time_jax(methods, s, g, budget)
 
 
 def parse_shape(text: str) -> tuple[int, int]:
