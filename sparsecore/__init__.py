@@ -7,6 +7,7 @@ floating dtype.  Framework bindings live in ``sparsecore_torch`` and
 ``sparsecore_jax``.
 """
 
+from ._lib._dispatch import use_kernels
 from ._sparsemap import sparsemap, sparsemap_vjp
 from ._sparsemax import sparsemax, sparsemax_vjp
 from ._structured_topk import (
@@ -32,6 +33,7 @@ __all__ = [
     "topk_sparsemax_structured_is_exact",
     "topk_sparsemax_structured_vjp",
     "topk_sparsemax_vjp",
+    "use_kernels",
 ]
 
 __version__ = "0.1.0"
