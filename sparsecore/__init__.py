@@ -8,15 +8,16 @@ floating dtype.  Framework bindings live in ``sparsecore_torch`` and
 """
 
 from ._lib._dispatch import use_kernels
-from ._sparsemap import sparsemap, sparsemap_vjp
-from ._sparsemax import sparsemax, sparsemax_vjp
+from ._sparsemap import sparsemap, sparsemap_jvp, sparsemap_vjp
+from ._sparsemax import sparsemax, sparsemax_jvp, sparsemax_vjp
 from ._structured_topk import (
     topk_sparsemax_structured,
     topk_sparsemax_structured_is_exact,
+    topk_sparsemax_structured_jvp,
     topk_sparsemax_structured_vjp,
 )
 from ._structures import BitVector, Budget, Categorical, Structure
-from ._topk import topk_is_exact, topk_sparsemax, topk_sparsemax_vjp
+from ._topk import topk_is_exact, topk_sparsemax, topk_sparsemax_jvp, topk_sparsemax_vjp
 
 __all__ = [
     "BitVector",
@@ -24,13 +25,17 @@ __all__ = [
     "Categorical",
     "Structure",
     "sparsemap",
+    "sparsemap_jvp",
     "sparsemap_vjp",
     "sparsemax",
+    "sparsemax_jvp",
     "sparsemax_vjp",
     "topk_is_exact",
     "topk_sparsemax",
+    "topk_sparsemax_jvp",
     "topk_sparsemax_structured",
     "topk_sparsemax_structured_is_exact",
+    "topk_sparsemax_structured_jvp",
     "topk_sparsemax_structured_vjp",
     "topk_sparsemax_vjp",
     "use_kernels",

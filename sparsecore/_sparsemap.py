@@ -8,6 +8,7 @@ from array_api_compat import device, is_torch_namespace
 
 from ._lib._namespace import (
     array_namespace,
+    concat,
     is_jax_namespace,
     quiet,
     solver_dtype,
@@ -18,7 +19,7 @@ from ._lib._namespace import (
 from ._lib._validation import check_floating
 from ._structures import _check_positive_int, check_structure_input
 
-__all__ = ["sparsemap", "sparsemap_vjp"]
+__all__ = ["sparsemap", "sparsemap_jvp", "sparsemap_vjp"]
 
 
 def sparsemap(
@@ -226,11 +227,11 @@ def _kkt_solve(gram: Any, active: Any, rhs: Any, total: float, *, xp: Any) -> An
     gram = gram * active[..., :, None] * active[..., None, :] + eye * (1.0 - active)[..., :, None]
     border = active[..., :, None]
     corner = xp.zeros((*batch, 1, 1), dtype=dtype, device=device(gram))
-    top = xp.concat([gram, border], axis=-1)
-    bottom = xp.concat([xp.matrix_transpose(border), corner], axis=-1)
-    system = xp.concat([top, bottom], axis=-2)
+    top = concat([gram, border], -1, xp=xp)
+    bottom = concat([xp.matrix_transpose(border), corner], -1, xp=xp)
+    system = concat([top, bottom], -2, xp=xp)
     last = xp.full((*batch, 1), total, dtype=dtype, device=device(gram))
-    solution = xp.linalg.solve(system, xp.concat([rhs * active, last], axis=-1)[..., None])[..., 0]
+    solution = xp.linalg.solve(system, concat([rhs * active, last], -1, xp=xp)[..., None])[..., 0]
     return solution[..., :slots] * active
 
 
@@ -933,3 +934,58 @@ def _active_set_fixed(
     weights = xp.where(active, weights, xp.zeros_like(weights))
     atoms = xp.where(active[:, :, None], atoms, xp.zeros_like(atoms))
     return weights, atoms, converged
+
+
+def sparsemap_jvp(probs: Any, atoms: Any, tangent_t: Any) -> Any:
+    r"""Jacobian-vector product of :func:`sparsemap` w.r.t. ``t``.
+
+    On the support S (slots with positive weight), with Gram matrix
+    :math:`G = A_S A_S^\top` and :math:`Z = G^{-1}`, the weights move in the
+    direction :math:`\dot t` by
+
+    .. math::
+
+        \dot \xi_S = \Bigl(Z - \frac{Z \mathbf{1}\mathbf{1}^\top Z}
+        {\mathbf{1}^\top Z \mathbf{1}}\Bigr) A_S \dot t,
+
+    the matrix of :func:`sparsemap_vjp` applied to a tangent, through the
+    same bordered KKT system (never an explicit inverse); slots off the
+    support do not move.  The marginals move by
+    :math:`\dot \mu = A^\top \dot \xi`.
+
+    Parameters
+    ----------
+    probs, atoms : arrays of shapes (..., M) and (..., M, D)
+        The outputs of :func:`sparsemap`.
+    tangent_t : array of shape (..., D)
+        The direction of ``t``.
+
+    Returns
+    -------
+    tangent_probs : array of shape (..., M)
+        The derivative of ``probs`` in the direction ``tangent_t`` (the
+        ``atoms`` do not move; the marginals' derivative is
+        ``tangent_probs @ atoms``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sparsecore import BitVector, sparsemap, sparsemap_jvp
+    >>> probs, atoms = sparsemap(np.array([0.9, -0.2]), BitVector(2), method="active_set")
+    >>> tangent = sparsemap_jvp(probs, atoms, np.array([1.0, 0.0]))
+    >>> tangent @ atoms  # the marginals' derivative: clip(t, 0, 1) moves with t_0
+    array([1., 0.])
+    """
+    xp = array_namespace(probs, atoms, tangent_t)
+    check_floating(tangent_t, "tangent_t", xp=xp)
+    expected = (*probs.shape[:-1], atoms.shape[-1])
+    if tuple(atoms.shape[:-1]) != tuple(probs.shape) or tuple(tangent_t.shape) != expected:
+        raise ValueError(
+            f"tangent_t must have shape {expected} for probs of shape {probs.shape} and atoms of "
+            f"shape {atoms.shape}, got shape {tangent_t.shape}"
+        )
+    support = xp.astype(probs > 0, probs.dtype)
+    with quiet(xp):
+        gram = atoms @ xp.matrix_transpose(atoms)
+        tangent_scores = (atoms @ tangent_t[..., None])[..., 0]
+        return _kkt_solve(gram, support, tangent_scores * support, 0.0, xp=xp)

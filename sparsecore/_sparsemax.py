@@ -18,7 +18,7 @@ from ._lib._namespace import (
 )
 from ._lib._validation import check_floating, check_nan_policy, normalize_axis
 
-__all__ = ["sparsemax", "sparsemax_vjp"]
+__all__ = ["sparsemax", "sparsemax_jvp", "sparsemax_vjp"]
 
 
 def sparsemax(s: Any, axis: int = -1, *, nan_policy: str = "propagate") -> Any:
@@ -444,3 +444,64 @@ def sparsemax_vjp_last(probs: Any, cotangent: Any, *, xp: Any) -> Any:
     # ``+ 0.0`` turns the ``-0.0`` of entries off the support into ``0.0``.
     grad += 0.0
     return grad
+
+
+def sparsemax_jvp(p: Any, v: Any, axis: int = -1) -> Any:
+    r"""Jacobian-vector product of :func:`sparsemax` at its output ``p``.
+
+    The derivative of :math:`p = \operatorname{sparsemax}(s)` in the
+    direction :math:`v` of the scores, with the support
+    :math:`S = \{i : p_i > 0\}`:
+
+    .. math::
+
+        \dot p = \mathbb{1}_S \odot
+        \Bigl(v - \frac{1}{|S|} \sum_{i \in S} v_i\Bigr).
+
+    The Jacobian :math:`\operatorname{diag}(\mathbb{1}_S) - \mathbb{1}_S
+    \mathbb{1}_S^\top / |S|` is symmetric, so this is the same linear map as
+    :func:`sparsemax_vjp` (and computed by it); it is linear in ``v``, which
+    lets JAX transpose it into the reverse mode.
+
+    Parameters
+    ----------
+    p : array of shape (..., K, ...)
+        An output of :func:`sparsemax` or :func:`topk_sparsemax`.
+    v : array of the shape of ``p``
+        The tangent: a direction in the space of the scores.
+    axis : int, default -1
+        The axis of the ``K`` categories.
+
+    Returns
+    -------
+    tangent : array of the shape, namespace and dtype of ``v``
+        The derivative of the output in the direction ``v``.
+
+    Raises
+    ------
+    TypeError
+        If ``p`` or ``v`` is not of a real floating dtype.
+    ValueError
+        If ``v`` does not have the shape of ``p`` or ``axis`` is out of range.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sparsecore import sparsemax, sparsemax_jvp
+    >>> p = sparsemax(np.array([0.0, 0.5, 1.0]))
+    >>> sparsemax_jvp(p, np.array([1.0, 2.0, 0.0]))
+    array([ 0.,  1., -1.])
+    """
+    xp = array_namespace(p, v)
+    check_floating(p, "p", xp=xp)
+    check_floating(v, "v", xp=xp)
+    if tuple(p.shape) != tuple(v.shape):
+        raise ValueError(f"v must have the shape of p, got v.shape={v.shape} and p.shape={p.shape}")
+    axis = normalize_axis(axis, p.ndim)
+    return sparsemax_jvp_checked(p, v, axis, xp=xp)
+
+
+def sparsemax_jvp_checked(p: Any, v: Any, axis: int, *, xp: Any) -> Any:
+    """:func:`sparsemax_jvp` on validated arguments: the VJP's linear map,
+    since the Jacobian is symmetric."""
+    return sparsemax_vjp_checked(p, v, axis, xp=xp)

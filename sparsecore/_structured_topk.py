@@ -9,7 +9,12 @@ from ._lib._validation import check_floating
 from ._sparsemax import sparsemax_last, sparsemax_vjp_last
 from ._structures import Structure, _check_positive_int, check_structure_input
 
-__all__ = ["topk_sparsemax_structured", "topk_sparsemax_structured_is_exact", "topk_sparsemax_structured_vjp"]
+__all__ = [
+    "topk_sparsemax_structured",
+    "topk_sparsemax_structured_is_exact",
+    "topk_sparsemax_structured_jvp",
+    "topk_sparsemax_structured_vjp",
+]
 
 
 def topk_sparsemax_structured(t: Any, structure: Structure, k: int) -> tuple[Any, Any]:
@@ -107,3 +112,53 @@ def topk_sparsemax_structured_is_exact(probs: Any) -> Any:
     """
     xp = array_namespace(probs)
     return xp.any(probs == 0, axis=-1)
+
+
+def topk_sparsemax_structured_jvp(probs: Any, atoms: Any, tangent_t: Any) -> Any:
+    r"""Jacobian-vector product of :func:`topk_sparsemax_structured` w.r.t. ``t``.
+
+    The slots' scores are :math:`\langle a_{z_j}, t \rangle` (the k-best
+    selection is locally constant), so a direction :math:`\dot t` moves them
+    by :math:`A_k \dot t` and the probabilities by the sparsemax JVP of that:
+
+    .. math::
+
+        \dot \pi = \operatorname{sparsemax\_jvp}(\pi, A_k \dot t).
+
+    Parameters
+    ----------
+    probs, atoms : arrays of shapes (..., k) and (..., k, D)
+        The outputs of :func:`topk_sparsemax_structured`.
+    tangent_t : array of shape (..., D)
+        The direction of ``t``.
+
+    Returns
+    -------
+    tangent_probs : array of shape (..., k)
+        The derivative of ``probs`` in the direction ``tangent_t`` (the
+        ``atoms`` do not move).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sparsecore import BitVector, topk_sparsemax_structured, topk_sparsemax_structured_jvp
+    >>> probs, atoms = topk_sparsemax_structured(np.array([0.9, -0.2]), BitVector(2), k=3)
+    >>> topk_sparsemax_structured_jvp(probs, atoms, np.array([0.0, 1.0]))
+    array([-0.5,  0.5,  0. ])
+    """
+    xp = array_namespace(probs, atoms, tangent_t)
+    _check_tangent(probs, atoms, tangent_t, xp=xp)
+    with quiet(xp):
+        tangent_scores = (atoms @ tangent_t[..., None])[..., 0]
+        return sparsemax_vjp_last(probs, tangent_scores, xp=xp)
+
+
+def _check_tangent(probs: Any, atoms: Any, tangent_t: Any, *, xp: Any) -> None:
+    """Raise unless ``tangent_t`` is a floating array of shape (..., D) for ``atoms``."""
+    check_floating(tangent_t, "tangent_t", xp=xp)
+    expected = (*probs.shape[:-1], atoms.shape[-1])
+    if tuple(atoms.shape[:-1]) != tuple(probs.shape) or tuple(tangent_t.shape) != expected:
+        raise ValueError(
+            f"tangent_t must have shape {expected} for probs of shape {probs.shape} and atoms of "
+            f"shape {atoms.shape}, got shape {tangent_t.shape}"
+        )

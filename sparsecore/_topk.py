@@ -8,9 +8,9 @@ from ._lib._arrays import from_last, raise_on_nan, to_last
 from ._lib._namespace import array_namespace, quiet
 from ._lib._select import kth_largest
 from ._lib._validation import check_floating, check_k, check_nan_policy, normalize_axis
-from ._sparsemax import sparsemax_last, sparsemax_vjp
+from ._sparsemax import sparsemax_jvp, sparsemax_last, sparsemax_vjp
 
-__all__ = ["topk_is_exact", "topk_mask", "topk_sparsemax", "topk_sparsemax_vjp"]
+__all__ = ["topk_is_exact", "topk_mask", "topk_sparsemax", "topk_sparsemax_jvp", "topk_sparsemax_vjp"]
 
 
 def topk_sparsemax(s: Any, k: int, axis: int = -1, *, nan_policy: str = "propagate") -> Any:
@@ -140,3 +140,13 @@ def topk_mask(scores: Any, k: int, *, xp: Any) -> Any:
     room = k - xp.sum(xp.astype(above, xp.int32), axis=-1, keepdims=True)
     rank_at = xp.cumulative_sum(xp.astype(at, xp.int32), axis=-1)
     return above | (at & (rank_at <= room))
+
+
+def topk_sparsemax_jvp(p: Any, v: Any, axis: int = -1) -> Any:
+    """Jacobian-vector product of :func:`topk_sparsemax` at its output ``p``.
+
+    The top-k selection is locally constant, so this is the sparsemax JVP on
+    the output's support (:func:`sparsemax_jvp`): ``v`` projected onto the
+    support and centered there.
+    """
+    return sparsemax_jvp(p, v, axis=axis)

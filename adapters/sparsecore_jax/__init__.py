@@ -1,6 +1,9 @@
-"""JAX bindings of sparsecore: ``jax.custom_vjp`` over the core's rules.
+"""JAX bindings of sparsecore: ``jax.custom_jvp`` over the core's rules.
 
-Every function works under ``jax.jit``, ``jax.vmap`` and ``jax.grad``; the
+Every function works under ``jax.jit`` and ``jax.vmap`` and is
+differentiable in both modes (``jax.jvp``, ``jacfwd``, ``grad``, ``jacrev``,
+``hessian``): the forward-mode rule is linear in the tangent, and JAX
+transposes it for the reverse mode.  The
 solvers' data-dependent stopping becomes a bounded ``lax.while_loop``, and
 ``marginalize`` packs a sparse support into a static maximal size.
 """

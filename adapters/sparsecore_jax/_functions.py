@@ -1,4 +1,4 @@
-"""``jax.custom_vjp`` registrations of the core's forward and backward rules."""
+"""``jax.custom_jvp`` registrations of the core's forward and forward-mode rules."""
 
 from __future__ import annotations
 
@@ -15,84 +15,81 @@ from sparsecore._lib._validation import check_k, check_nan_policy, normalize_axi
 __all__ = ["sparsemap", "sparsemax", "topk_is_exact", "topk_sparsemax", "topk_sparsemax_structured"]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+# Each mapping is a ``jax.custom_jvp``: the core's forward rule gives the
+# primal output and its ``*_jvp`` rule, a linear map of the tangent, the
+# output tangent.  JAX transposes that linear map for the reverse mode, so
+# jvp, jacfwd, grad, jacrev and hessian all work, under jit and vmap.  The
+# rules get the primal output from the custom function itself, so that
+# derivatives of higher order also go through the rules, never through the
+# solvers' loops.
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
 def _sparsemax(scores: jax.Array, axis: int, nan_policy: str) -> jax.Array:
-    return sparsecore.sparsemax(scores, axis=axis, nan_policy=nan_policy)
+    return sparsecore.sparsemax(jnp.asarray(scores), axis=axis, nan_policy=nan_policy)
 
 
-def _sparsemax_fwd(scores: jax.Array, axis: int, nan_policy: str) -> tuple[jax.Array, jax.Array]:
-    probs = sparsecore.sparsemax(scores, axis=axis, nan_policy=nan_policy)
-    return probs, probs
+@_sparsemax.defjvp
+def _sparsemax_jvp(axis: int, nan_policy: str, primals: Any, tangents: Any) -> tuple[jax.Array, jax.Array]:
+    scores, tangent = _pair(primals, tangents)
+    probs = _sparsemax(scores, axis, nan_policy)
+    return probs, sparsecore.sparsemax_jvp(probs, tangent, axis=axis)
 
 
-def _sparsemax_bwd(axis: int, nan_policy: str, probs: jax.Array, grad_probs: jax.Array) -> tuple[jax.Array]:
-    return (sparsecore.sparsemax_vjp(probs, jnp.asarray(grad_probs), axis=axis),)
-
-
-_sparsemax.defvjp(_sparsemax_fwd, _sparsemax_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))
 def _topk_sparsemax(scores: jax.Array, k: int, axis: int, nan_policy: str) -> jax.Array:
-    return sparsecore.topk_sparsemax(scores, k, axis=axis, nan_policy=nan_policy)
+    return sparsecore.topk_sparsemax(jnp.asarray(scores), k, axis=axis, nan_policy=nan_policy)
 
 
-def _topk_sparsemax_fwd(scores: jax.Array, k: int, axis: int, nan_policy: str) -> tuple[jax.Array, jax.Array]:
-    probs = sparsecore.topk_sparsemax(scores, k, axis=axis, nan_policy=nan_policy)
-    return probs, probs
+@_topk_sparsemax.defjvp
+def _topk_sparsemax_jvp(
+    k: int, axis: int, nan_policy: str, primals: Any, tangents: Any
+) -> tuple[jax.Array, jax.Array]:
+    scores, tangent = _pair(primals, tangents)
+    probs = _topk_sparsemax(scores, k, axis, nan_policy)
+    return probs, sparsecore.topk_sparsemax_jvp(probs, tangent, axis=axis)
 
 
-def _topk_sparsemax_bwd(
-    k: int, axis: int, nan_policy: str, probs: jax.Array, grad_probs: jax.Array
-) -> tuple[jax.Array]:
-    return (sparsecore.topk_sparsemax_vjp(probs, jnp.asarray(grad_probs), axis=axis),)
-
-
-_topk_sparsemax.defvjp(_topk_sparsemax_fwd, _topk_sparsemax_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
 def _topk_sparsemax_structured(t: jax.Array, structure: Any, k: int) -> tuple[jax.Array, jax.Array]:
-    return sparsecore.topk_sparsemax_structured(t, structure, k)  # type: ignore[no-any-return]
+    return sparsecore.topk_sparsemax_structured(jnp.asarray(t), structure, k)  # type: ignore[no-any-return]
 
 
-def _topk_sparsemax_structured_fwd(t: jax.Array, structure: Any, k: int) -> Any:
-    probs, atoms = sparsecore.topk_sparsemax_structured(t, structure, k)
-    return (probs, atoms), (probs, atoms)
+@_topk_sparsemax_structured.defjvp
+def _topk_sparsemax_structured_jvp(structure: Any, k: int, primals: Any, tangents: Any) -> Any:
+    t, tangent = _pair(primals, tangents)
+    probs, atoms = _topk_sparsemax_structured(t, structure, k)
+    tangent_probs = sparsecore.topk_sparsemax_structured_jvp(probs, atoms, tangent)
+    # The atoms are piecewise constant in t.
+    return (probs, atoms), (tangent_probs, jnp.zeros_like(atoms))
 
 
-def _topk_sparsemax_structured_bwd(structure: Any, k: int, residuals: Any, cotangents: Any) -> Any:
-    probs, atoms = residuals
-    grad_probs, _ = cotangents  # atoms are piecewise constant in t
-    return (sparsecore.topk_sparsemax_structured_vjp(probs, atoms, jnp.asarray(grad_probs)),)
-
-
-_topk_sparsemax_structured.defvjp(_topk_sparsemax_structured_fwd, _topk_sparsemax_structured_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3, 4))
 def _sparsemap(t: jax.Array, structure: Any, max_iter: Any, tol: Any, max_active: Any) -> Any:
-    return sparsecore.sparsemap(t, structure, max_iter=max_iter, tol=tol, max_active=max_active)
+    return sparsecore.sparsemap(jnp.asarray(t), structure, max_iter=max_iter, tol=tol, max_active=max_active)
 
 
-def _sparsemap_fwd(t: jax.Array, structure: Any, max_iter: Any, tol: Any, max_active: Any) -> Any:
-    probs, atoms = sparsecore.sparsemap(t, structure, max_iter=max_iter, tol=tol, max_active=max_active)
-    return (probs, atoms), (probs, atoms)
-
-
-def _sparsemap_bwd(
-    structure: Any, max_iter: Any, tol: Any, max_active: Any, residuals: Any, cotangents: Any
+@_sparsemap.defjvp
+def _sparsemap_jvp(
+    structure: Any, max_iter: Any, tol: Any, max_active: Any, primals: Any, tangents: Any
 ) -> Any:
-    probs, atoms = residuals
-    grad_probs, _ = cotangents  # atoms are piecewise constant in t
-    return (sparsecore.sparsemap_vjp(probs, atoms, jnp.asarray(grad_probs)),)
+    t, tangent = _pair(primals, tangents)
+    probs, atoms = _sparsemap(t, structure, max_iter, tol, max_active)
+    tangent_probs = sparsecore.sparsemap_jvp(probs, atoms, tangent)
+    return (probs, atoms), (tangent_probs, jnp.zeros_like(atoms))
 
 
-_sparsemap.defvjp(_sparsemap_fwd, _sparsemap_bwd)
+def _pair(primals: tuple[Any], tangents: tuple[Any]) -> tuple[jax.Array, jax.Array]:
+    """The primal and its tangent as JAX arrays of the primal's dtype (JAX may
+    hand the rule NumPy values, e.g. when ``jax.jvp`` is given NumPy arrays,
+    and the core would then compute in NumPy)."""
+    (primal,), (tangent,) = primals, tangents
+    primal = jnp.asarray(primal)
+    return primal, jnp.asarray(tangent, dtype=primal.dtype)
 
 
 def sparsemax(s: jax.Array, axis: int = -1, *, nan_policy: str = "propagate") -> jax.Array:
-    """Sparsemax of ``s`` along ``axis``, differentiable by ``jax.grad``.
+    """Sparsemax of ``s`` along ``axis``, differentiable in both modes.
 
     The JAX binding of :func:`sparsecore.sparsemax` (see it for the math and
     the handling of ``-inf``, ``+inf`` and NaN).  ``nan_policy="raise"``

@@ -4,6 +4,12 @@ The core is called on the tensors themselves (same device, no copies, no
 host round trip); these classes only register its rules with autograd.
 Every tensor's namespace is array-api-compat's ``torch`` module, which the
 rules get directly (looking it up costs a few microseconds a call).
+
+Each Function has a ``backward`` (reverse mode) and a ``jvp`` (forward mode:
+``torch.func.jvp``, ``jacfwd``, ``torch.autograd.forward_ad``).  While
+``torch.compile`` or ``torch.export`` traces, the public functions call the
+custom operators of ``_ops.py`` instead, which the tracer keeps as opaque
+nodes.
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ import torch
 
 import sparsecore
 from sparsecore._lib._validation import check_floating, check_k, check_nan_policy, normalize_axis
-from sparsecore._sparsemax import sparsemax_checked, sparsemax_vjp_checked
+from sparsecore._sparsemax import sparsemax_checked, sparsemax_jvp_checked, sparsemax_vjp_checked
+
+from . import _ops
 
 __all__ = ["sparsemap", "sparsemax", "topk_is_exact", "topk_sparsemax", "topk_sparsemax_structured"]
 
@@ -40,12 +48,18 @@ class SparsemaxFunction(torch.autograd.Function):
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
         _, dim, _ = inputs
         ctx.save_for_backward(output)
+        ctx.save_for_forward(output)
         ctx.dim = dim
 
     @staticmethod
     def backward(ctx: Any, grad_probs: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         (probs,) = ctx.saved_tensors
         return sparsemax_vjp_checked(probs, grad_probs, ctx.dim, xp=xp), None, None
+
+    @staticmethod
+    def jvp(ctx: Any, tangent: torch.Tensor, *_: Any) -> torch.Tensor:
+        (probs,) = ctx.saved_tensors
+        return sparsemax_jvp_checked(probs, tangent, ctx.dim, xp=xp)  # type: ignore[no-any-return]
 
     @staticmethod
     def vmap(info: Any, in_dims: tuple[Any, ...], scores: torch.Tensor, dim: int, nan_policy: str) -> Any:
@@ -72,13 +86,12 @@ class SparsemaxEager(torch.autograd.Function):
     def forward(ctx: Any, scores: torch.Tensor, dim: int, nan_policy: str) -> torch.Tensor:  # type: ignore[override]
         probs = sparsemax_checked(scores, dim, nan_policy, xp=xp)
         ctx.save_for_backward(probs)
+        ctx.save_for_forward(probs)
         ctx.dim = dim
         return probs  # type: ignore[no-any-return]
 
-    @staticmethod
-    def backward(ctx: Any, grad_probs: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
-        (probs,) = ctx.saved_tensors
-        return sparsemax_vjp_checked(probs, grad_probs, ctx.dim, xp=xp), None, None
+    backward = SparsemaxFunction.backward
+    jvp = SparsemaxFunction.jvp
 
 
 def _transforms_active() -> bool:
@@ -98,12 +111,18 @@ class TopKSparsemaxFunction(torch.autograd.Function):
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
         _, _, dim, _ = inputs
         ctx.save_for_backward(output)
+        ctx.save_for_forward(output)
         ctx.dim = dim
 
     @staticmethod
     def backward(ctx: Any, grad_probs: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         (probs,) = ctx.saved_tensors
         return sparsecore.topk_sparsemax_vjp(probs, grad_probs, axis=ctx.dim), None, None, None
+
+    @staticmethod
+    def jvp(ctx: Any, tangent: torch.Tensor, *_: Any) -> torch.Tensor:
+        (probs,) = ctx.saved_tensors
+        return sparsecore.topk_sparsemax_jvp(probs, tangent, axis=ctx.dim)  # type: ignore[no-any-return]
 
     @staticmethod
     def vmap(
@@ -128,11 +147,17 @@ class TopKSparsemaxStructuredFunction(torch.autograd.Function):
         probs, atoms = output
         ctx.mark_non_differentiable(atoms)
         ctx.save_for_backward(probs, atoms)
+        ctx.save_for_forward(probs, atoms)
 
     @staticmethod
     def backward(ctx: Any, grad_probs: torch.Tensor, grad_atoms: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         probs, atoms = ctx.saved_tensors
         return sparsecore.topk_sparsemax_structured_vjp(probs, atoms, grad_probs), None, None
+
+    @staticmethod
+    def jvp(ctx: Any, tangent_t: torch.Tensor, *_: Any) -> tuple[torch.Tensor, None]:
+        probs, atoms = ctx.saved_tensors
+        return sparsecore.topk_sparsemax_structured_jvp(probs, atoms, tangent_t), None
 
     @staticmethod
     def vmap(info: Any, in_dims: tuple[Any, ...], t: torch.Tensor, structure: Any, k: int) -> Any:
@@ -159,11 +184,17 @@ class SparseMAPFunction(torch.autograd.Function):
         probs, atoms = output
         ctx.mark_non_differentiable(atoms)
         ctx.save_for_backward(probs, atoms)
+        ctx.save_for_forward(probs, atoms)
 
     @staticmethod
     def backward(ctx: Any, grad_probs: torch.Tensor, grad_atoms: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         probs, atoms = ctx.saved_tensors
         return sparsecore.sparsemap_vjp(probs, atoms, grad_probs), None, None, None, None
+
+    @staticmethod
+    def jvp(ctx: Any, tangent_t: torch.Tensor, *_: Any) -> tuple[torch.Tensor, None]:
+        probs, atoms = ctx.saved_tensors
+        return sparsecore.sparsemap_jvp(probs, atoms, tangent_t), None
 
     @staticmethod
     def vmap(
@@ -219,8 +250,11 @@ def sparsemax(s: torch.Tensor, dim: int = -1, *, nan_policy: str = "propagate") 
     dim = normalize_axis(dim, s.ndim, "dim")
     if s.shape[dim] == 0:
         raise ValueError(f"sparsemax needs at least one category along dim={dim}, got shape {tuple(s.shape)}")
+    nan_policy = check_nan_policy(nan_policy)
+    if torch.compiler.is_compiling():
+        return _ops.sparsemax_op(s, dim, nan_policy)  # type: ignore[no-any-return]
     function = SparsemaxFunction if _transforms_active() else SparsemaxEager
-    return function.apply(s, dim, check_nan_policy(nan_policy))  # type: ignore[no-any-return]
+    return function.apply(s, dim, nan_policy)  # type: ignore[no-any-return]
 
 
 def topk_sparsemax(s: torch.Tensor, k: int, dim: int = -1, *, nan_policy: str = "propagate") -> torch.Tensor:
@@ -240,7 +274,10 @@ def topk_sparsemax(s: torch.Tensor, k: int, dim: int = -1, *, nan_policy: str = 
     _check_tensor(s)
     dim = normalize_axis(dim, s.ndim, "dim")
     k = check_k(k, s.shape[dim])
-    return TopKSparsemaxFunction.apply(s, k, dim, check_nan_policy(nan_policy))  # type: ignore[no-any-return]
+    nan_policy = check_nan_policy(nan_policy)
+    if torch.compiler.is_compiling():
+        return _ops.topk_sparsemax_op(s, k, dim, nan_policy)  # type: ignore[no-any-return]
+    return TopKSparsemaxFunction.apply(s, k, dim, nan_policy)  # type: ignore[no-any-return]
 
 
 def topk_is_exact(probs: torch.Tensor, k: int, dim: int = -1) -> torch.Tensor:
@@ -273,6 +310,8 @@ def topk_sparsemax_structured(t: torch.Tensor, structure: Any, k: int) -> tuple[
     tensor([0.6000, 0.4000, 0.0000])
     """
     _check_tensor(t, "t")
+    if torch.compiler.is_compiling():
+        return _ops.topk_sparsemax_structured_op(t, _ops.structure_key(structure), k)  # type: ignore[no-any-return]
     return TopKSparsemaxStructuredFunction.apply(t, structure, k)  # type: ignore[no-any-return]
 
 
@@ -302,4 +341,7 @@ def sparsemap(
     tensor([0.9000, 0.0000, 0.5000])
     """
     _check_tensor(t, "t")
+    if torch.compiler.is_compiling():
+        key = _ops.structure_key(structure)
+        return _ops.sparsemap_op(t, key, max_iter, tol, max_active)  # type: ignore[no-any-return]
     return SparseMAPFunction.apply(t, structure, max_iter, tol, max_active)  # type: ignore[no-any-return]

@@ -25,6 +25,7 @@ from array_api_compat import (
 __all__ = [
     "array_namespace",
     "compute_dtype",
+    "concat",
     "concrete_any",
     "is_jax_namespace",
     "nonnegative_part",
@@ -77,6 +78,20 @@ def take(x: Any, indices: Any, axis: int, *, xp: Any) -> Any:
     if is_torch_namespace(xp):
         return x.index_select(axis, indices)
     return xp.take(x, indices, axis=axis)
+
+
+def concat(arrays: list[Any], axis: int, *, xp: Any) -> Any:
+    """``xp.concat`` along ``axis``.
+
+    PyTorch takes ``torch.cat`` directly: ``torch.concat``, which
+    array-api-compat calls, has no batching rule for batched forward-mode
+    tangents (``torch.func.vmap`` over ``jvp``).
+    """
+    if is_torch_namespace(xp):
+        import torch
+
+        return torch.cat(arrays, dim=axis)
+    return xp.concat(arrays, axis=axis)
 
 
 def take_along_axis(x: Any, indices: Any, axis: int, *, xp: Any) -> Any:
