@@ -420,3 +420,24 @@ def test_optax_projection_simplex_vmap(jax_module):
         )
     jacobians = jax.vmap(jax.jacfwd(sparsecore_jax.sparsemax))(x)
     assert jacobians.shape == (3, 50, 50)
+
+
+def test_jax_marginalize_forward_mode(jax_module):
+    import jax
+    import jax.numpy as jnp
+    import sparsecore_jax
+
+    table = jnp.asarray(np.random.default_rng(3).standard_normal((2, 6)))
+
+    def expectation(scores):
+        probs = sparsecore_jax.sparsemax(scores)
+        return sparsecore_jax.marginalize(probs, lambda n, z: table[n, z]).expectation
+
+    scores = jnp.asarray(separated((2, 6), seed=34))
+    forward = jax.jit(jax.jacfwd(expectation))(scores)
+    np.testing.assert_allclose(np.asarray(forward), np.asarray(jax.jacrev(expectation)(scores)), atol=1e-12)
+    # d E_n / d s_n = J(p_n) table_n, the closed form.
+    probs = np.asarray(sparsecore_jax.sparsemax(scores))
+    for row in range(2):
+        expected = sparsemax_jacobian(probs[row]) @ np.asarray(table[row])
+        np.testing.assert_allclose(np.asarray(forward[row, row]), expected, atol=1e-12)
