@@ -20,10 +20,9 @@ from collections.abc import Callable
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import torch  # noqa: E402
-
-import sparsecore_torch  # noqa: E402
-from sparsecore_torch import _ops  # noqa: E402
+import sparsecore_torch
+import torch
+from sparsecore_torch import _ops
 
 
 def sample(run: Callable[[], object], calls: int) -> float:
@@ -35,7 +34,9 @@ def sample(run: Callable[[], object], calls: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--shapes", nargs="+", default=["64x10", "64x256"])
     parser.add_argument("--budget", type=float, default=3.0, help="seconds per shape")
     args = parser.parse_args()
