@@ -1,4 +1,4 @@
-"""The JAX adapter: custom VJPs under grad, jit and vmap."""
+"""The JAX adapter: custom JVPs (both modes) under grad, jit and vmap."""
 
 from __future__ import annotations
 

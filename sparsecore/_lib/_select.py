@@ -37,6 +37,8 @@ def kth_largest(x: Any, k: int, *, xp: Any) -> Any:
         native = _native_module(xp)
         return native.partition(x, size - k, axis=-1)[..., size - k : size - k + 1]
     if is_jax_namespace(xp):
+        if _sharding_possible():
+            return kth_largest_generic(x, k, xp=xp)
         import jax
 
         return jax.lax.top_k(x, k)[0][..., k - 1 : k]
@@ -51,11 +53,25 @@ def largest_values(x: Any, count: int, *, xp: Any) -> Any:
     if is_numpy_namespace(xp) or is_cupy_namespace(xp):
         native = _native_module(xp)
         return native.partition(x, size - count, axis=-1)[..., size - count :]
-    if is_jax_namespace(xp):
+    if is_jax_namespace(xp) and not _sharding_possible():
         import jax
 
         return jax.lax.top_k(x, count)[0]
     return xp.sort(x, axis=-1, descending=True)[..., :count]
+
+
+def _sharding_possible() -> bool:
+    """Whether JAX has several devices, so that arrays may be sharded.
+
+    XLA's SPMD partitioner has no rule for ``lax.top_k`` (a custom call): on
+    an array sharded along a batch axis it gathers the whole array onto every
+    device.  A sort along the last axis partitions along the others, so with
+    several devices JAX selects by sorting (the same values, a little slower
+    on small rows).
+    """
+    import jax
+
+    return jax.device_count() > 1
 
 
 def _native_module(xp: Any) -> Any:
