@@ -16,7 +16,7 @@ from ._lib._namespace import (
     take_along_axis,
     while_loop,
 )
-from ._lib._validation import check_floating
+from ._lib._validation import check_floating, check_tangent
 from ._structures import _check_positive_int, check_structure_input
 
 __all__ = ["sparsemap", "sparsemap_jvp", "sparsemap_vjp"]
@@ -977,13 +977,7 @@ def sparsemap_jvp(probs: Any, atoms: Any, tangent_t: Any) -> Any:
     array([1., 0.])
     """
     xp = array_namespace(probs, atoms, tangent_t)
-    check_floating(tangent_t, "tangent_t", xp=xp)
-    expected = (*probs.shape[:-1], atoms.shape[-1])
-    if tuple(atoms.shape[:-1]) != tuple(probs.shape) or tuple(tangent_t.shape) != expected:
-        raise ValueError(
-            f"tangent_t must have shape {expected} for probs of shape {probs.shape} and atoms of "
-            f"shape {atoms.shape}, got shape {tangent_t.shape}"
-        )
+    check_tangent(probs, atoms, tangent_t, xp=xp)
     support = xp.astype(probs > 0, probs.dtype)
     with quiet(xp):
         gram = atoms @ xp.matrix_transpose(atoms)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._lib._namespace import array_namespace, quiet
-from ._lib._validation import check_floating
+from ._lib._validation import check_floating, check_tangent
 from ._sparsemax import sparsemax_last, sparsemax_vjp_last
 from ._structures import Structure, _check_positive_int, check_structure_input
 
@@ -147,18 +147,7 @@ def topk_sparsemax_structured_jvp(probs: Any, atoms: Any, tangent_t: Any) -> Any
     array([-0.5,  0.5,  0. ])
     """
     xp = array_namespace(probs, atoms, tangent_t)
-    _check_tangent(probs, atoms, tangent_t, xp=xp)
+    check_tangent(probs, atoms, tangent_t, xp=xp)
     with quiet(xp):
         tangent_scores = (atoms @ tangent_t[..., None])[..., 0]
         return sparsemax_vjp_last(probs, tangent_scores, xp=xp)
-
-
-def _check_tangent(probs: Any, atoms: Any, tangent_t: Any, *, xp: Any) -> None:
-    """Raise unless ``tangent_t`` is a floating array of shape (..., D) for ``atoms``."""
-    check_floating(tangent_t, "tangent_t", xp=xp)
-    expected = (*probs.shape[:-1], atoms.shape[-1])
-    if tuple(atoms.shape[:-1]) != tuple(probs.shape) or tuple(tangent_t.shape) != expected:
-        raise ValueError(
-            f"tangent_t must have shape {expected} for probs of shape {probs.shape} and atoms of "
-            f"shape {atoms.shape}, got shape {tangent_t.shape}"
-        )

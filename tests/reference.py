@@ -230,3 +230,21 @@ def long_rows(size: int, seed: int) -> np.ndarray:
     ramp = np.linspace(0.0, 1.0, size)  # the largest entries sit in the last group
     rows += [few_finite, half_masked, posinf, nan, np.full(size, -np.inf), ramp, ramp[::-1].copy()]
     return np.stack(rows)
+
+
+def budget_projection(t: np.ndarray, budget: int) -> np.ndarray:
+    """Projection onto {0 <= mu <= 1, sum(mu) <= budget}, by bisection on the multiplier."""
+    out = np.empty_like(t)
+    for row, values in enumerate(t.reshape(-1, t.shape[-1])):
+        if np.clip(values, 0, 1).sum() <= budget:
+            out.reshape(-1, t.shape[-1])[row] = np.clip(values, 0, 1)
+            continue
+        low, high = 0.0, float(np.max(values)) + 1.0
+        for _ in range(200):
+            middle = (low + high) / 2
+            if np.clip(values - middle, 0, 1).sum() > budget:
+                low = middle
+            else:
+                high = middle
+        out.reshape(-1, t.shape[-1])[row] = np.clip(values - high, 0, 1)
+    return out

@@ -13,6 +13,7 @@ import pytest
 from backends import assert_close, to_numpy
 from reference import (
     along_axis,
+    budget_projection,
     finite_difference_jacobian,
     random_separated_scores,
     sparsemax_bisect,
@@ -50,26 +51,6 @@ def directional_difference(function, x: np.ndarray, v: np.ndarray, eps: float = 
 
 def bitvector_marginals(t: np.ndarray) -> np.ndarray:
     return np.clip(t, 0.0, 1.0)
-
-
-def budget_marginals(t: np.ndarray, budget: int) -> np.ndarray:
-    """The projection onto {0 <= mu <= 1, sum(mu) <= budget}, by bisection on the multiplier."""
-    t = np.asarray(t, dtype=np.float64)
-    rows = t.reshape(-1, t.shape[-1])
-    out = np.empty_like(rows)
-    for index, row in enumerate(rows):
-        if np.clip(row, 0, 1).sum() <= budget:
-            out[index] = np.clip(row, 0, 1)
-            continue
-        low, high = 0.0, float(np.abs(row).max() + 1.0)
-        for _ in range(200):
-            middle = (low + high) / 2
-            if np.clip(row - middle, 0, 1).sum() > budget:
-                low = middle
-            else:
-                high = middle
-        out[index] = np.clip(row - (low + high) / 2, 0, 1)
-    return out.reshape(t.shape)
 
 
 # ---------------------------------------------------------------------------
@@ -140,7 +121,7 @@ def test_structured_topk_jvp_matches_finite_differences(make):
     ("structure", "marginals"),
     [
         (BitVector(5), bitvector_marginals),
-        (Budget(5, 2), lambda t: budget_marginals(t, 2)),
+        (Budget(5, 2), lambda t: budget_projection(t, 2)),
         (Categorical(5), sparsemax_bisect),
     ],
     ids=repr,

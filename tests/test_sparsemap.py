@@ -7,27 +7,9 @@ import itertools
 import numpy as np
 import pytest
 from backends import assert_close, to_numpy
-from reference import finite_difference_gradient, sparsemax_sort
+from reference import budget_projection, finite_difference_gradient, sparsemax_sort
 
 from sparsecore import BitVector, Budget, Categorical, sparsemap, sparsemap_vjp
-
-
-def budget_projection(t: np.ndarray, budget: int) -> np.ndarray:
-    """Projection onto {0 <= mu <= 1, sum(mu) <= budget}, by bisection on the multiplier."""
-    out = np.empty_like(t)
-    for row, values in enumerate(t.reshape(-1, t.shape[-1])):
-        if np.clip(values, 0, 1).sum() <= budget:
-            out.reshape(-1, t.shape[-1])[row] = np.clip(values, 0, 1)
-            continue
-        low, high = 0.0, float(np.max(values)) + 1.0
-        for _ in range(200):
-            middle = (low + high) / 2
-            if np.clip(values - middle, 0, 1).sum() > budget:
-                low = middle
-            else:
-                high = middle
-        out.reshape(-1, t.shape[-1])[row] = np.clip(values - high, 0, 1)
-    return out
 
 
 def marginals(probs, atoms) -> np.ndarray:

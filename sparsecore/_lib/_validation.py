@@ -6,7 +6,7 @@ import numbers
 import operator
 from typing import Any
 
-__all__ = ["check_floating", "check_k", "check_nan_policy", "normalize_axis"]
+__all__ = ["check_floating", "check_k", "check_nan_policy", "check_tangent", "normalize_axis"]
 
 NAN_POLICIES = ("propagate", "raise")
 
@@ -47,3 +47,15 @@ def check_nan_policy(nan_policy: Any) -> str:
     if nan_policy not in NAN_POLICIES:
         raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
     return str(nan_policy)
+
+
+def check_tangent(probs: Any, atoms: Any, tangent_t: Any, *, xp: Any) -> None:
+    """Raise unless ``tangent_t`` is a floating array of shape (..., D) matching
+    a ``(probs, atoms)`` distribution of shapes (..., M) and (..., M, D)."""
+    check_floating(tangent_t, "tangent_t", xp=xp)
+    expected = (*probs.shape[:-1], atoms.shape[-1])
+    if tuple(atoms.shape[:-1]) != tuple(probs.shape) or tuple(tangent_t.shape) != expected:
+        raise ValueError(
+            f"tangent_t must have shape {expected} for probs of shape {probs.shape} and atoms of "
+            f"shape {atoms.shape}, got shape {tangent_t.shape}"
+        )
