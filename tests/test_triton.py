@@ -271,7 +271,12 @@ def test_kernels_compile_for_a_gpu_target():
     )
     environment = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "0"}
     result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=environment, timeout=600
+        [sys.executable, "-c", script],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     assert "compiled" in result.stdout
