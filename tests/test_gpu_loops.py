@@ -129,3 +129,23 @@ def test_sparsemap_gpu_loop_matches_default_and_skips_reads(backend, monkeypatch
     )
     assert len(checks) >= 4
     assert sum(checks) < len(checks)  # some steps did not read the host
+
+
+def test_gpu_loops_on_cuda_tensors():
+    """The reference path on CUDA tensors (kernels off) against the CPU (CUDA only)."""
+    require_backend("torch")
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    scores = torch.tensor(scores_data(64, 700, 5))
+    t = torch.tensor(np.random.default_rng(5).normal(size=(64, 24)))
+    structure = sparsecore.BitVector(24)
+    with sparsecore.use_kernels(False):
+        probs = sparsecore.sparsemax(scores.cuda())
+        weights, atoms = sparsecore.sparsemap(t.cuda(), structure, method="active_set")
+    np.testing.assert_allclose(to_numpy(probs), to_numpy(sparsecore.sparsemax(scores)), rtol=0, atol=1e-12)
+    expected_weights, expected_atoms = sparsecore.sparsemap(t, structure, method="active_set")
+    marginals = np.einsum("nm,nmd->nd", to_numpy(weights), to_numpy(atoms))
+    expected = np.einsum("nm,nmd->nd", to_numpy(expected_weights), to_numpy(expected_atoms))
+    np.testing.assert_allclose(marginals, expected, rtol=0, atol=1e-9)

@@ -93,9 +93,10 @@ def _plain(x: torch.Tensor) -> bool:
 def _kernels_for(*tensors: torch.Tensor) -> ModuleType | None:
     """The kernel module if these tensors take the kernels, else ``None``."""
     first = tensors[0]
-    if first.dtype not in KERNEL_DTYPES or not all(_plain(x) for x in tensors):
+    # The device first: the cheapest test, which settles every CPU call.
+    if not first.is_cuda and not (_state["cpu"] and first.device.type == "cpu"):
         return None
-    if first.device.type != "cuda" and not (first.device.type == "cpu" and _state["cpu"]):
+    if first.dtype not in KERNEL_DTYPES or not all(_plain(x) for x in tensors):
         return None
     if not kernels_enabled():
         return None
@@ -144,9 +145,9 @@ def topk_sparsemax_forward(scores: torch.Tensor, k: int, dim: int, nan_policy: s
 def sparsemax_backward(probs: torch.Tensor, grad_probs: torch.Tensor, dim: int) -> torch.Tensor:
     """The sparsemax VJP at ``probs`` (validated ``dim``): the kernel where it
     applies, else :func:`sparsecore._sparsemax.sparsemax_vjp_checked`."""
+    kernels = _kernels_for(grad_probs, probs)
     recording = torch.is_grad_enabled() and (probs.requires_grad or grad_probs.requires_grad)
-    kernels = None if recording else _kernels_for(grad_probs, probs)
-    if kernels is None or probs.dtype not in KERNEL_DTYPES or probs.shape != grad_probs.shape:
+    if kernels is None or recording or probs.dtype not in KERNEL_DTYPES or probs.shape != grad_probs.shape:
         return sparsemax_vjp_checked(probs, grad_probs, dim, xp=xp)  # type: ignore[no-any-return]
     if grad_probs.numel() == 0:
         return torch.empty_like(grad_probs)
