@@ -313,3 +313,49 @@ def test_cuda_graph_capture(kernels, device):
     torch.testing.assert_close(
         grad, reference_path(grad_of, sparsecore_torch.sparsemax, new_scores, cotangent)
     )
+
+
+def test_torch_func_transforms_match_the_reference():
+    """Under ``torch.func`` the wrapped tensors take the reference, the plain
+    ones (vmap's inner call) the kernels; both give the reference's values."""
+    import sparsecore_torch
+    import torch
+
+    with triton_context(strict=False) as device:
+        scores = scores_for(12, 5, 11, torch.float64, device)
+        cotangent = torch.linspace(-1.0, 1.0, 12, dtype=torch.float64, device=device)
+
+        def loss(x):
+            return (sparsecore_torch.sparsemax(x) * cotangent).sum()
+
+        batched = torch.func.vmap(sparsecore_torch.sparsemax)(scores)
+        grads = torch.func.vmap(torch.func.grad(loss))(scores)
+        jacobian = torch.func.jacrev(sparsecore_torch.sparsemax)(scores[1])
+    expected = sparsemax_bisect(to_numpy(scores))
+    np.testing.assert_allclose(to_numpy(batched), expected, rtol=0, atol=1e-12)
+    expected_grads = sparsemax_vjp_reference(expected, np.broadcast_to(to_numpy(cotangent), expected.shape))
+    np.testing.assert_allclose(to_numpy(grads), expected_grads, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(to_numpy(jacobian), sparsemax_jacobian(expected[1]), rtol=0, atol=1e-12)
+
+
+def test_cpu_use_does_not_import_triton():
+    """Triton (about a second to import) loads on the first call that could
+    take a kernel, never for CPU tensors or at import."""
+    require_triton()
+    script = textwrap.dedent(
+        """
+        import sys
+        import torch
+        import sparsecore_torch
+
+        s = torch.tensor([[0.0, 0.5, 1.0]], requires_grad=True)
+        sparsecore_torch.sparsemax(s).sum().backward()
+        sparsecore_torch.topk_sparsemax(s, 2)
+        assert "triton" not in sys.modules, "triton imported"
+        assert "sparsecore_torch._triton" not in sys.modules
+        print("clean")
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "clean" in result.stdout
