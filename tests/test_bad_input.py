@@ -5,7 +5,8 @@ Every case runs on the core with every backend (``core-<backend>``) and on
 the PyTorch (``dim``) and JAX (``axis``) adapters, whose gradients come from
 autograd and ``jax.vjp``; ``torch-triton`` runs the PyTorch adapter on its
 Triton kernels (marked ``triton``; see ``triton_support.py``), with every
-fallback to the reference rules made an error.
+fallback to the reference rules made an error, and ``torch-triton-tiled``
+the same with rows of more than 2 entries over tiles of 2.
 """
 
 from __future__ import annotations
@@ -105,14 +106,24 @@ def jax_api() -> Api:
 
 
 API_NAMES = [f"core-{name}" for name in BACKENDS] + ["torch-adapter", "jax-adapter"]
-API_PARAMS = [*API_NAMES, pytest.param("torch-triton", marks=pytest.mark.triton)]
+API_PARAMS = [
+    *API_NAMES,
+    pytest.param("torch-triton", marks=pytest.mark.triton),
+    pytest.param("torch-triton-tiled", marks=pytest.mark.triton),
+]
 
 
 @pytest.fixture(params=API_PARAMS)
 def api(request: pytest.FixtureRequest):
     name = request.param
-    if name == "torch-triton":
+    if name.startswith("torch-triton"):
         with backend_context("torch"), triton_context() as device:
+            if name.endswith("tiled"):  # rows over tiles of 2 (top-k: the reference)
+                monkeypatch = request.getfixturevalue("monkeypatch")
+                from sparsecore_torch import _gpu
+
+                monkeypatch.setattr(_gpu.triton_kernels(), "ONCHIP_MAX", 2)
+                monkeypatch.setattr(_gpu.triton_kernels(), "TILE", 2)
             yield dataclasses.replace(torch_api(), name=name, device=device)
         return
     if name.startswith("core-"):
