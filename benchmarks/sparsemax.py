@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
                         flush=True,
                     )
                 if (batch, size) in largest and framework == "torch":
-                    bandwidth.extend(bandwidth_lines(rows, batch * size, dtype, peak_gbps(args.peak_gbps)))
+                    bandwidth.extend(bandwidth_lines(rows, batch, size, dtype, peak_gbps(args.peak_gbps)))
     if bandwidth:
         print()
         print("| shape | dtype | method | forward GB/s | fwd+bwd GB/s | share of peak (fwd, fwd+bwd) |")
@@ -329,17 +329,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def bandwidth_lines(
-    rows: dict[str, tuple[float, float]], entries: int, dtype: str, peak: float | None
+    rows: dict[str, tuple[float, float]], batch: int, size: int, dtype: str, peak: float | None
 ) -> list[str]:
     """Achieved bandwidth of each method: the forward reads the scores and
     writes the output (2 passes of the array); the backward reads the output
     and the cotangent and writes the gradient (3 more)."""
-    size = entries * (4 if dtype == "float32" else 2)
+    array_bytes = batch * size * (4 if dtype == "float32" else 2)
     lines = []
     for name, (forward, both) in rows.items():
-        forward_gbps, both_gbps = 2 * size / forward / 1e9, 5 * size / both / 1e9
+        forward_gbps, both_gbps = 2 * array_bytes / forward / 1e9, 5 * array_bytes / both / 1e9
         share = "peak unknown" if peak is None else f"{forward_gbps / peak:.0%}, {both_gbps / peak:.0%}"
-        lines.append(f"| {entries} | {dtype} | {name} | {forward_gbps:.0f} | {both_gbps:.0f} | {share} |")
+        lines.append(
+            f"| {batch}x{size} | {dtype} | {name} | {forward_gbps:.0f} | {both_gbps:.0f} | {share} |"
+        )
     return lines
 
 
