@@ -399,7 +399,8 @@ def solve_on_gpu(base: Any, offset: Any | None, tau: Any, *, xp: Any) -> tuple[A
 
     The first pass and ``GPU_FIXED_STEPS`` Newton steps run on every row with
     no read of a device value; then one read tells whether a row still
-    iterates (rare), and only then does :func:`solve_masked` go on from there.
+    iterates (rare), and only then do the later steps go on from there, on
+    those rows only in large arrays (:func:`solve_compacted`).
     """
     shifted = shift(base, offset)
     probs = nonnegative_part(shifted - tau, xp=xp)
@@ -412,6 +413,8 @@ def solve_on_gpu(base: Any, offset: Any | None, tau: Any, *, xp: Any) -> tuple[A
     tau, _, probs, mass, active = state
     if not concrete_any(active, xp=xp):
         return tau, probs
+    if compacts(base, xp=xp):
+        return solve_compacted(base, offset, tau, probs, mass, active, slack, xp=xp)
     return solve_masked(shifted, tau, probs, mass, slack, xp=xp)
 
 

@@ -149,3 +149,23 @@ def test_gpu_loops_on_cuda_tensors():
     marginals = np.einsum("nm,nmd->nd", to_numpy(weights), to_numpy(atoms))
     expected = np.einsum("nm,nmd->nd", to_numpy(expected_weights), to_numpy(expected_atoms))
     np.testing.assert_allclose(marginals, expected, rtol=0, atol=1e-9)
+
+
+def test_sparsemax_gpu_loop_goes_on_with_the_unfinished_rows_only(backend, monkeypatch):
+    """With no fixed steps every row is unfinished after the first pass: a
+    large array gathers them (solve_compacted) and still gets the exact result."""
+    data = scores_data(200, 400, 8)
+    calls = []
+    compacted = sparsemax_module.solve_compacted
+
+    def spy(base, offset, tau, probs, mass, active, slack, *, xp):
+        calls.append(int(np.sum(to_numpy(active))))
+        return compacted(base, offset, tau, probs, mass, active, slack, xp=xp)
+
+    monkeypatch.setattr(sparsemax_module, "on_gpu", always_on_gpu)
+    monkeypatch.setattr(sparsemax_module, "GPU_FIXED_STEPS", 0)
+    monkeypatch.setattr(sparsemax_module, "solve_compacted", spy)
+    probs = to_numpy(sparsecore.sparsemax(asarray(backend, data)))
+    assert len(calls) == 1 and 0 < calls[0] < 200, calls
+    finite = ~np.isnan(data).any(axis=-1)
+    np.testing.assert_allclose(probs[finite], sparsemax_bisect(data[finite]), rtol=0, atol=1e-9)
