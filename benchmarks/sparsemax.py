@@ -10,6 +10,11 @@ framework's softmax.
     python benchmarks/sparsemax.py                 # every shape
     python benchmarks/sparsemax.py --shapes 64x10 1024x256 --scale 0.1
     python benchmarks/sparsemax.py --device gpu    # CUDA tensors / JAX's GPU
+
+On the GPU the table also has the reference path (``use_kernels(False)``)
+beside the Triton kernels, float32 and bfloat16, the shape 4096x32768, and
+the achieved memory bandwidth as a share of the device's peak at the two
+largest shapes (``--peak-gbps`` when the device is not in PEAK_GBPS).
     python benchmarks/sparsemax.py --floor         # lower bounds in PyTorch and JAX
 """
 
@@ -32,6 +37,9 @@ if "gpu" not in sys.argv:
 import numpy as np
 
 SHAPES = ((64, 10), (64, 256), (1024, 256), (256, 4096), (16, 65536))
+GPU_SHAPES = (*SHAPES, (4096, 32768))
+# Peak memory bandwidth (GB/s) by device name, from the vendors' data sheets.
+PEAK_GBPS = {"H100 80GB HBM3": 3350.0, "H100 PCIe": 2000.0, "H200": 4800.0, "A100-SXM4-80GB": 2039.0}
 
 
 def median_seconds(run: Callable[[], object], budget: float, min_repeats: int = 5) -> float:
@@ -89,7 +97,7 @@ def time_jax(
 
 
 def torch_rows(
-    scores: np.ndarray, cotangent: np.ndarray, budget: float, gpu: bool = False
+    scores: np.ndarray, cotangent: np.ndarray, budget: float, gpu: bool = False, dtype: str = "float32"
 ) -> dict[str, tuple[float, float]]:
     import entmax
     import sparsecore_torch
@@ -98,8 +106,8 @@ def torch_rows(
     device = "cuda" if gpu else "cpu"
     if not gpu:
         torch.set_num_threads(1)
-    s = torch.from_numpy(scores).to(device)
-    g = torch.from_numpy(cotangent).to(device)
+    s = torch.from_numpy(scores).to(device, getattr(torch, dtype))
+    g = torch.from_numpy(cotangent).to(device, getattr(torch, dtype))
     sync = torch.cuda.synchronize if gpu else (lambda: None)
     size = scores.shape[-1]
     partial_k = min(16, size)
@@ -110,7 +118,26 @@ def torch_rows(
         f"entmax.sparsemax(k={partial_k})": lambda x: entmax.sparsemax(x, dim=-1, k=partial_k),
         "entmax.sparsemax_bisect": lambda x: entmax.sparsemax_bisect(x, dim=-1),
     }
+    if gpu:
+        import sparsecore
+
+        def reference(x: torch.Tensor) -> torch.Tensor:
+            with sparsecore.use_kernels(False):
+                return sparsecore_torch.sparsemax(x, dim=-1)
+
+        methods["sparsecore_torch.sparsemax (reference path)"] = reference
+        del methods["entmax.sparsemax_bisect"]
     return time_torch(methods, s, g, budget, sync)
+
+
+def peak_gbps(override: float | None) -> float | None:
+    """The GPU's peak memory bandwidth in GB/s, if known."""
+    if override is not None:
+        return override
+    import torch
+
+    name = torch.cuda.get_device_name()
+    return next((peak for key, peak in PEAK_GBPS.items() if key in name), None)
 
 
 def torch_floor_rows(
@@ -236,7 +263,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--shapes", nargs="+", type=parse_shape, default=list(SHAPES), help="BATCHxK")
+    parser.add_argument("--shapes", nargs="+", type=parse_shape, default=None, help="BATCHxK")
+    parser.add_argument(
+        "--dtypes", nargs="+", default=None, choices=["float32", "bfloat16"], help="torch dtypes (GPU)"
+    )
+    parser.add_argument("--peak-gbps", type=float, default=None, help="the GPU's peak memory bandwidth")
     parser.add_argument("--scale", type=float, default=1.0, help="scores ~ N(0, scale^2)")
     parser.add_argument("--budget", type=float, default=0.4, help="seconds per measurement")
     parser.add_argument("--seed", type=int, default=0)
@@ -251,30 +282,67 @@ def main(argv: list[str] | None = None) -> int:
     gpu = args.device == "gpu"
     if args.floor and gpu:
         parser.error("--floor measures the CPU")
+    shapes = args.shapes or list(GPU_SHAPES if gpu else SHAPES)
+    dtypes = args.dtypes or (["float32", "bfloat16"] if gpu else ["float32"])
+    largest = sorted(shapes, key=lambda shape: shape[0] * shape[1])[-2:] if gpu else []
+    bandwidth: list[str] = []
 
     rng = np.random.default_rng(args.seed)
     where = "GPU" if gpu else "one CPU thread"
-    print(f"float32, scores ~ N(0, {args.scale}^2), {where}; median microseconds; ratio = time / softmax")
+    print(
+        f"{', '.join(dtypes)}, scores ~ N(0, {args.scale}^2), {where}; median microseconds; ratio = time / softmax"
+    )
+    if gpu:
+        import torch
+
+        print(f"device: {torch.cuda.get_device_name()}")
     print()
-    print("| shape | method | forward (us) | fwd ratio | fwd+bwd (us) | fwd+bwd ratio |")
-    print("|---|---|---:|---:|---:|---:|")
-    for batch, size in args.shapes:
+    print("| shape | dtype | method | forward (us) | fwd ratio | fwd+bwd (us) | fwd+bwd ratio |")
+    print("|---|---|---|---:|---:|---:|---:|")
+    for batch, size in shapes:
         scores = (args.scale * rng.standard_normal((batch, size))).astype(np.float32)
         cotangent = rng.standard_normal((batch, size)).astype(np.float32)
         for framework in args.frameworks:
-            if args.floor:
-                floor_rows = torch_floor_rows if framework == "torch" else jax_floor_rows
-                rows = floor_rows(scores, cotangent, args.budget)
-            else:
-                rows = (torch_rows if framework == "torch" else jax_rows)(scores, cotangent, args.budget, gpu)
-            base_forward, base_both = next(iter(rows.values()))
-            for name, (forward, both) in rows.items():
-                print(
-                    f"| {batch}x{size} | {name} | {forward * 1e6:.1f} | {forward / base_forward:.2f} "
-                    f"| {both * 1e6:.1f} | {both / base_both:.2f} |",
-                    flush=True,
-                )
+            for dtype in dtypes if framework == "torch" else ["float32"]:
+                if args.floor:
+                    floor_rows = torch_floor_rows if framework == "torch" else jax_floor_rows
+                    rows = floor_rows(scores, cotangent, args.budget)
+                elif framework == "torch":
+                    rows = torch_rows(scores, cotangent, args.budget, gpu, dtype)
+                else:
+                    rows = jax_rows(scores, cotangent, args.budget, gpu)
+                base_forward, base_both = next(iter(rows.values()))
+                for name, (forward, both) in rows.items():
+                    print(
+                        f"| {batch}x{size} | {dtype} | {name} | {forward * 1e6:.1f} | {forward / base_forward:.2f} "
+                        f"| {both * 1e6:.1f} | {both / base_both:.2f} |",
+                        flush=True,
+                    )
+                if (batch, size) in largest and framework == "torch":
+                    bandwidth.extend(bandwidth_lines(rows, batch, size, dtype, peak_gbps(args.peak_gbps)))
+    if bandwidth:
+        print()
+        print("| shape | dtype | method | forward GB/s | fwd+bwd GB/s | share of peak (fwd, fwd+bwd) |")
+        print("|---|---|---|---:|---:|---:|")
+        print("\n".join(bandwidth))
     return 0
+
+
+def bandwidth_lines(
+    rows: dict[str, tuple[float, float]], batch: int, size: int, dtype: str, peak: float | None
+) -> list[str]:
+    """Achieved bandwidth of each method: the forward reads the scores and
+    writes the output (2 passes of the array); the backward reads the output
+    and the cotangent and writes the gradient (3 more)."""
+    array_bytes = batch * size * (4 if dtype == "float32" else 2)
+    lines = []
+    for name, (forward, both) in rows.items():
+        forward_gbps, both_gbps = 2 * array_bytes / forward / 1e9, 5 * array_bytes / both / 1e9
+        share = "peak unknown" if peak is None else f"{forward_gbps / peak:.0%}, {both_gbps / peak:.0%}"
+        lines.append(
+            f"| {batch}x{size} | {dtype} | {name} | {forward_gbps:.0f} | {both_gbps:.0f} | {share} |"
+        )
+    return lines
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from typing import Any, NamedTuple
 
 from array_api_compat import device, is_torch_namespace
 
+from ._lib._device import on_gpu
 from ._lib._namespace import (
     array_namespace,
     concat,
@@ -671,6 +672,8 @@ def _active_set_eager(
         leaving = update.done | update.doubtful
         state = _Rows(state.t, state.gap_tol, None, None, *update[:6], leaving, update.fresh)
         batch = state.t.shape[0]
+        if on_gpu(state.t, xp=xp) and not _gpu_check_step(width, capacity):
+            continue  # no host read of ``leaving`` at this step (see GPU_CHECK_EVERY)
         count_leaving = int(xp.sum(xp.astype(leaving, xp.int32)))
         if count_leaving == 0 or not (4 * count_leaving >= batch or width == capacity):
             continue
@@ -688,6 +691,18 @@ def _active_set_eager(
         paused = xp.zeros((state.t.shape[0],), dtype=xp.bool, device=dev)
     finished.append(_take_rows(state, atoms, width, order, None, xp=xp))
     return _assemble(finished, rows, slots, xp=xp)
+
+
+# On a GPU the eager loop reads how many rows leave (a host read, which waits
+# for the queued kernels) at every GPU_CHECK_EVERY-th step only, and when the
+# buffers are full; rows that finished in between stay, frozen, a few steps.
+GPU_CHECK_EVERY = 4
+
+
+def _gpu_check_step(width: int, capacity: int) -> bool:
+    """Whether the GPU loop reads the leaving rows at this step (``width``
+    grows by one a step)."""
+    return width % GPU_CHECK_EVERY == 0 or width == capacity
 
 
 def _rank_one(inverse: Any, width: int, direction: Any, coef: Any, *, xp: Any) -> None:

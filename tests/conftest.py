@@ -9,6 +9,7 @@ installed is skipped, unless it is named in the environment variable
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -27,6 +28,12 @@ from backends import (
     backend_context,
     require_backend,
 )
+from triton_support import wants_interpreter
+
+# Triton's interpreter runs the kernels on CPU tensors (tests marked
+# ``triton``); it must be on before the kernel module is first imported.
+if wants_interpreter():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 try:  # JAX computes in float32 unless told otherwise; the tests need float64.
     import jax

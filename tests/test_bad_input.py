@@ -3,11 +3,15 @@ shapes, wrong types and arguments.
 
 Every case runs on the core with every backend (``core-<backend>``) and on
 the PyTorch (``dim``) and JAX (``axis``) adapters, whose gradients come from
-autograd and ``jax.vjp``.
+autograd and ``jax.vjp``; ``torch-triton`` runs the PyTorch adapter on its
+Triton kernels (marked ``triton``; see ``triton_support.py``), with every
+fallback to the reference rules made an error, and ``torch-triton-tiled``
+the same with rows of more than 2 entries over tiles of 2.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +20,7 @@ import numpy as np
 import pytest
 from backends import BACKENDS, asarray, assert_close, backend_context, dtype_name, has_dtype, to_numpy
 from reference import sparsemax_bisect, sparsemax_vjp_reference, topk_sparsemax_bruteforce
+from triton_support import triton_context
 
 import sparsecore
 
@@ -32,9 +37,11 @@ class Api:
     topk: Callable[..., Any]  # (s, k, axis=-1, **kwargs)
     is_exact: Callable[..., Any]  # (probs, k, axis=-1)
     vjp: Callable[..., Any] | None = None  # (function, s, g): gradient of <g, function(s)>
+    device: str | None = None  # where make() puts torch tensors, if not the default
 
     def make(self, data: Any, dtype: str = "float64") -> Any:
-        return asarray(self.backend, data, dtype)
+        array = asarray(self.backend, data, dtype)
+        return array if self.device is None else array.to(self.device)
 
     def has_dtype(self, dtype: str) -> bool:
         return has_dtype(self.backend, dtype)
@@ -99,11 +106,26 @@ def jax_api() -> Api:
 
 
 API_NAMES = [f"core-{name}" for name in BACKENDS] + ["torch-adapter", "jax-adapter"]
+API_PARAMS = [
+    *API_NAMES,
+    pytest.param("torch-triton", marks=pytest.mark.triton),
+    pytest.param("torch-triton-tiled", marks=pytest.mark.triton),
+]
 
 
-@pytest.fixture(params=API_NAMES)
+@pytest.fixture(params=API_PARAMS)
 def api(request: pytest.FixtureRequest):
     name = request.param
+    if name.startswith("torch-triton"):
+        with backend_context("torch"), triton_context() as device:
+            if name.endswith("tiled"):  # rows over tiles of 2 (top-k: the reference)
+                monkeypatch = request.getfixturevalue("monkeypatch")
+                from sparsecore_torch import _gpu
+
+                monkeypatch.setattr(_gpu.triton_kernels(), "ONCHIP_MAX", 2)
+                monkeypatch.setattr(_gpu.triton_kernels(), "TILE", 2)
+            yield dataclasses.replace(torch_api(), name=name, device=device)
+        return
     if name.startswith("core-"):
         backend = name.removeprefix("core-")
         with backend_context(backend):

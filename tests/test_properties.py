@@ -1,4 +1,8 @@
-"""Property-based tests (hypothesis) on NumPy and PyTorch, float64."""
+"""Property-based tests (hypothesis) on NumPy and PyTorch, float64.
+
+``torch-triton`` runs the PyTorch adapter on its Triton kernels (marked
+``triton``; see ``triton_support.py``).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes, arrays
 from reference import sparsemax_bisect, topk_sparsemax_bruteforce
+from triton_support import triton_context
 
 import sparsecore
 
@@ -29,6 +34,13 @@ unique_rows = st.integers(1, 8).flatmap(
 
 def call(library: str, name: str, s: np.ndarray, *args, axis: int = -1) -> np.ndarray:
     """Run mapping ``name`` of ``library`` on NumPy data and read the result back."""
+    if library == "torch-triton":
+        with triton_context() as device:
+            import sparsecore_torch
+            import torch
+
+            function = getattr(sparsecore_torch, name)
+            return to_numpy(function(torch.tensor(s, device=device), *args, dim=axis))
     require_backend(library)
     if library == "numpy":
         function = getattr(sparsecore, name)
@@ -40,7 +52,9 @@ def call(library: str, name: str, s: np.ndarray, *args, axis: int = -1) -> np.nd
 
 
 # A parametrization, not a fixture: hypothesis reruns the body, not fixtures.
-libraries = pytest.mark.parametrize("library_name", ["numpy", "torch"])
+libraries = pytest.mark.parametrize(
+    "library_name", ["numpy", "torch", pytest.param("torch-triton", marks=pytest.mark.triton)]
+)
 
 
 def assert_on_simplex(probs: np.ndarray, axis: int = -1) -> None:

@@ -22,9 +22,10 @@ import torch
 
 import sparsecore
 from sparsecore._lib._validation import check_floating, check_k, check_nan_policy, normalize_axis
-from sparsecore._sparsemax import sparsemax_checked, sparsemax_jvp_checked, sparsemax_vjp_checked
 
-from . import _ops
+# The Triton kernels on CUDA tensors: each _gpu call falls back to the core's
+# rule it replaces.
+from . import _gpu, _ops
 
 __all__ = ["sparsemap", "sparsemax", "topk_is_exact", "topk_sparsemax", "topk_sparsemax_structured"]
 
@@ -42,7 +43,7 @@ class SparsemaxFunction(torch.autograd.Function):
     # rules run on validated arguments: a call pays for the checks once.
     @staticmethod
     def forward(scores: torch.Tensor, dim: int, nan_policy: str) -> torch.Tensor:  # type: ignore[override]
-        return sparsemax_checked(scores, dim, nan_policy, xp=xp)
+        return _gpu.sparsemax_forward(scores, dim, nan_policy)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
@@ -54,12 +55,14 @@ class SparsemaxFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_probs: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         (probs,) = ctx.saved_tensors
-        return sparsemax_vjp_checked(probs, grad_probs, ctx.dim, xp=xp), None, None
+        return _gpu.sparsemax_backward(probs, grad_probs, ctx.dim), None, None
 
     @staticmethod
     def jvp(ctx: Any, tangent: torch.Tensor, *_: Any) -> torch.Tensor:
+        # The Jacobian is symmetric: the JVP is the VJP's linear map
+        # (sparsecore.sparsemax_jvp), on the kernels where they apply.
         (probs,) = ctx.saved_tensors
-        return sparsemax_jvp_checked(probs, tangent, ctx.dim, xp=xp)  # type: ignore[no-any-return]
+        return _gpu.sparsemax_backward(probs, tangent, ctx.dim)
 
     @staticmethod
     def vmap(info: Any, in_dims: tuple[Any, ...], scores: torch.Tensor, dim: int, nan_policy: str) -> Any:
@@ -84,7 +87,7 @@ class SparsemaxEager(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, scores: torch.Tensor, dim: int, nan_policy: str) -> torch.Tensor:  # type: ignore[override]
-        probs = sparsemax_checked(scores, dim, nan_policy, xp=xp)
+        probs = _gpu.sparsemax_forward(scores, dim, nan_policy)
         ctx.save_for_backward(probs)
         ctx.save_for_forward(probs)
         ctx.dim = dim
@@ -105,7 +108,7 @@ class TopKSparsemaxFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(scores: torch.Tensor, k: int, dim: int, nan_policy: str) -> torch.Tensor:  # type: ignore[override]
-        return sparsecore.topk_sparsemax(scores, k, axis=dim, nan_policy=nan_policy)
+        return _gpu.topk_sparsemax_forward(scores, k, dim, nan_policy)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
@@ -117,12 +120,9 @@ class TopKSparsemaxFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_probs: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         (probs,) = ctx.saved_tensors
-        return sparsecore.topk_sparsemax_vjp(probs, grad_probs, axis=ctx.dim), None, None, None
+        return _gpu.sparsemax_backward(probs, grad_probs, ctx.dim), None, None, None
 
-    @staticmethod
-    def jvp(ctx: Any, tangent: torch.Tensor, *_: Any) -> torch.Tensor:
-        (probs,) = ctx.saved_tensors
-        return sparsecore.topk_sparsemax_jvp(probs, tangent, axis=ctx.dim)  # type: ignore[no-any-return]
+    jvp = SparsemaxFunction.jvp
 
     @staticmethod
     def vmap(

@@ -17,7 +17,9 @@ their ``repr`` in a process that has not seen them (an exported program
 loaded elsewhere).
 
 Each operator returns contiguous tensors (the fake implementations say so),
-so that the traced graph knows the layout of every output.
+so that the traced graph knows the layout of every output.  The operators
+run the same rules as the Functions: the Triton kernels on CUDA tensors
+(``_gpu``), the core elsewhere.
 """
 
 from __future__ import annotations
@@ -26,11 +28,11 @@ import ast
 import dataclasses
 from typing import Any
 
-import array_api_compat.torch as xp
 import torch
 
 import sparsecore
-from sparsecore._sparsemax import sparsemax_checked, sparsemax_vjp_checked
+
+from . import _gpu
 
 __all__ = ["structure_key", "structure_of"]
 
@@ -115,19 +117,19 @@ def _fresh(x: torch.Tensor) -> torch.Tensor:
 @torch.library.custom_op("sparsecore::sparsemax", mutates_args=())
 def sparsemax_op(scores: torch.Tensor, dim: int, nan_policy: str) -> torch.Tensor:
     """Sparsemax along ``dim`` (non-negative, checked by the caller)."""
-    return _fresh(sparsemax_checked(scores, dim, nan_policy, xp=xp))
+    return _fresh(_gpu.sparsemax_forward(scores, dim, nan_policy))
 
 
 @torch.library.custom_op("sparsecore::topk_sparsemax", mutates_args=())
 def topk_sparsemax_op(scores: torch.Tensor, k: int, dim: int, nan_policy: str) -> torch.Tensor:
     """Top-k sparsemax along ``dim``."""
-    return _fresh(sparsecore.topk_sparsemax(scores, k, axis=dim, nan_policy=nan_policy))
+    return _fresh(_gpu.topk_sparsemax_forward(scores, k, dim, nan_policy))
 
 
 @torch.library.custom_op("sparsecore::sparsemax_vjp", mutates_args=())
 def sparsemax_vjp_op(probs: torch.Tensor, grad: torch.Tensor, dim: int) -> torch.Tensor:
     """The sparsemax (and top-k sparsemax) VJP at the output ``probs``."""
-    return _fresh(sparsemax_vjp_checked(probs, grad, dim, xp=xp))
+    return _fresh(_gpu.sparsemax_backward(probs, grad, dim))
 
 
 @sparsemax_op.register_fake
