@@ -19,6 +19,9 @@ from reference import sparsemax_bisect, sparsemax_vjp_reference, topk_sparsemax_
 
 import sparsecore
 
+# Every test runs with the fused kernels allowed and with the reference path forced.
+pytestmark = pytest.mark.usefixtures("kernel_path")
+
 INF, NAN = np.inf, np.nan
 
 

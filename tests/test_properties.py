@@ -12,6 +12,9 @@ from reference import sparsemax_bisect, topk_sparsemax_bruteforce
 
 import sparsecore
 
+# Every test runs with the fused kernels allowed and with the reference path forced.
+pytestmark = pytest.mark.usefixtures("kernel_path")
+
 PROPERTY_SETTINGS = settings(max_examples=50, deadline=None, database=None)
 ATOL = 1e-9
 

@@ -1,0 +1,339 @@
+"""numba kernels: sparsemax, its VJP and top-k sparsemax, one row at a time.
+
+Each kernel takes C-contiguous 2-d arrays of rows (float32 or float64) and
+writes its result into a caller-owned output of the same shape; it never
+writes into its inputs.  Every row is computed by the same row function in
+the serial and the parallel (``prange`` over rows) kernel, so the result does
+not depend on the number of threads.
+
+The arithmetic follows the array-API reference (``sparsecore._sparsemax``):
+rows are shifted by their maximum, the threshold is found exactly by
+Newton's method (Michelot's algorithm) from the lower bound ``max - 1``, and
+the special rows (NaN, ``+inf``, only ``-inf``) get the reference's values.
+Only reassociation is allowed to the compiler (``fastmath={"reassoc"}``), so
+that the sums vectorize; NaN and infinities keep their IEEE meaning.
+
+This module imports numba: it is imported lazily, by
+``sparsecore._kernels._cpu``, on the first call that can take a kernel.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+__all__ = ["sparsemax_rows", "sparsemax_vjp_rows", "topk_sparsemax_rows"]
+
+_FASTMATH = {"reassoc"}
+_OPTIONS: dict[str, Any] = {"fastmath": _FASTMATH, "cache": True, "nogil": True}
+
+
+@intrinsic
+def _maxnum(typingctx: Any, a: Any, b: Any) -> Any:
+    """LLVM's ``maxnum``: the larger of two floats, ignoring a NaN operand.
+
+    Unlike a compare-and-select, it vectorizes as a reduction without
+    assuming the absence of NaN (rows with NaN are detected apart).
+    """
+    signature = a(a, b)
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        kind = args[0].type
+        suffix = "f32" if kind == ir.FloatType() else "f64"
+        function = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(kind, [kind, kind]), f"llvm.maxnum.{suffix}"
+        )
+        return builder.call(function, args)
+
+    return signature, codegen
+
+
+@numba.njit(**_OPTIONS)
+def _max_and_total(x: Any) -> tuple[Any, Any]:
+    """The row's maximum (NaN ignored) and its sum (finite only when every
+    entry is finite, whatever the order of summation)."""
+    top = x[0]
+    total = x.dtype.type(0.0)
+    for j in range(x.shape[0]):
+        top = _maxnum(top, x[j])  # type: ignore[call-arg]
+        total += x[j]
+    return top, total
+
+
+@numba.njit(**_OPTIONS)
+def _special_row(x: Any, out: Any, top: Any, total: Any, keep: int) -> bool:
+    """Write the row's output if it is special (NaN, ``+inf`` or only
+    ``-inf``) and say whether it was.
+
+    A NaN row gives NaN; the first ``keep`` of the ``+inf`` entries share
+    the mass equally (``keep = K`` for sparsemax, ``k`` for top-k); a row of
+    only ``-inf`` gives zeros.
+    """
+    zero = x.dtype.type(0.0)
+    if np.isnan(total):
+        for j in range(x.shape[0]):
+            if np.isnan(x[j]):
+                out[:] = np.nan
+                return True
+    if top == np.inf:
+        count = 0
+        for j in range(x.shape[0]):
+            if x[j] == np.inf:
+                count += 1
+        share = x.dtype.type(1.0) / x.dtype.type(min(count, keep))
+        seen = 0
+        for j in range(x.shape[0]):
+            if x[j] == np.inf and seen < keep:
+                out[j] = share
+                seen += 1
+            else:
+                out[j] = zero
+        return True
+    if top == -np.inf:
+        out[:] = zero
+        return True
+    return False
+
+
+@numba.njit(**_OPTIONS)
+def _newton_pass(x: Any, out: Any, top: Any, tau: Any) -> tuple[Any, Any]:
+    """One pass at threshold ``tau`` of the shifted row ``x - top``: writes
+    ``max(x - top - tau, 0)`` into ``out`` and returns the sum and the count
+    of the shifted entries above ``tau``."""
+    zero = x.dtype.type(0.0)
+    one = x.dtype.type(1.0)
+    total = zero
+    count = zero
+    for j in range(x.shape[0]):
+        shifted = x[j] - top
+        above = shifted > tau
+        excess = shifted - tau
+        out[j] = excess if excess > zero else zero
+        total += shifted if above else zero
+        count += one if above else zero
+    return total, count
+
+
+@numba.njit(**_OPTIONS)
+def _solve_row(x: Any, out: Any, top: Any) -> None:
+    """Newton's method from ``tau = -1`` (the threshold of the maximum alone,
+    a lower bound) on the finite-maximum row ``x``."""
+    total, count = _newton_pass(x, out, top, -x.dtype.type(1.0))
+    _continue_row(x, out, top, total, count)
+
+
+@numba.njit(**_OPTIONS)
+def _continue_row(x: Any, out: Any, top: Any, total: Any, count: Any) -> None:
+    """Newton's steps after a first pass that gave ``total`` and ``count``.
+
+    Each pass writes its output: the pass whose support did not shrink is
+    the last, and its threshold is exact.
+    """
+    one = x.dtype.type(1.0)
+    previous = x.dtype.type(x.shape[0] + 1)
+    while count < previous:
+        previous = count
+        total, count = _newton_pass(x, out, top, (total - one) / count)
+
+
+@numba.njit(**_OPTIONS)
+def _sparsemax_row(x: Any, out: Any) -> None:
+    top, total = _max_and_total(x)
+    if not _special_row(x, out, top, total, x.shape[0]):
+        _solve_row(x, out, top)
+
+
+@numba.njit(**_OPTIONS)
+def _sparsemax_serial(scores: Any, out: Any) -> None:
+    for row in range(scores.shape[0]):
+        _sparsemax_row(scores[row], out[row])
+
+
+@numba.njit(parallel=True, **_OPTIONS)
+def _sparsemax_parallel(scores: Any, out: Any) -> None:
+    for row in numba.prange(scores.shape[0]):
+        _sparsemax_row(scores[row], out[row])
+
+
+@numba.njit(**_OPTIONS)
+def _vjp_row(probs: Any, cotangent: Any, out: Any) -> None:
+    """``(g * sign(p) - mean) * sign(p) + 0``, the reference's arithmetic:
+    a NaN in ``p`` (or a non-finite ``g`` anywhere) gives a NaN row."""
+    zero = probs.dtype.type(0.0)
+    one = probs.dtype.type(1.0)
+    count = zero
+    total = zero
+    for j in range(probs.shape[0]):
+        support = np.sign(probs[j])
+        count += support
+        total += cotangent[j] * support
+    # clip(count, min=1), NaN kept.
+    mean = total / (one if count < one else count)
+    for j in range(probs.shape[0]):
+        support = np.sign(probs[j])
+        out[j] = (cotangent[j] * support - mean) * support + zero
+
+
+@numba.njit(**_OPTIONS)
+def _vjp_serial(probs: Any, cotangent: Any, out: Any) -> None:
+    for row in range(probs.shape[0]):
+        _vjp_row(probs[row], cotangent[row], out[row])
+
+
+@numba.njit(parallel=True, **_OPTIONS)
+def _vjp_parallel(probs: Any, cotangent: Any, out: Any) -> None:
+    for row in numba.prange(probs.shape[0]):
+        _vjp_row(probs[row], cotangent[row], out[row])
+
+
+@numba.njit(**_OPTIONS)
+def _topk_row(x: Any, out: Any, k: int) -> None:
+    """Sparsemax over the ``k`` largest entries (ties: lower index first).
+
+    The first Newton pass from ``tau = -1`` counts the entries within 1 of
+    the maximum, which hold the whole support.  When there are at most
+    ``k``, they all lie in the top k and the result is the row's sparsemax.
+    Otherwise the k-th largest score is selected among them, and Newton's
+    method runs on the top k.
+    """
+    top, total = _max_and_total(x)
+    if _special_row(x, out, top, total, k):
+        return
+    first_total, candidates = _newton_pass(x, out, top, -x.dtype.type(1.0))
+    if candidates <= k:
+        _continue_row(x, out, top, first_total, candidates)
+        return
+    kth, room = _kth_largest(x, top, int(candidates), k)
+    _solve_top(x, out, top, k, kth, room)
+
+
+@numba.njit(**_OPTIONS)
+def _kth_largest(x: Any, top: Any, candidates: int, k: int) -> tuple[Any, int]:
+    """The k-th largest score among the ``candidates`` entries within 1 of
+    the maximum, and ``room``: how many entries equal to it the top k keep.
+
+    The original scores are compared (not the shifted ones), so that the
+    order, and so the ties, are those of the input.
+    """
+    one = x.dtype.type(1.0)
+    buffer = np.empty(candidates, dtype=x.dtype)
+    filled = 0
+    for j in range(x.shape[0]):
+        if x[j] - top > -one:
+            buffer[filled] = x[j]
+            filled += 1
+    kth = np.partition(buffer, filled - k)[filled - k]
+    above = 0
+    for j in range(filled):
+        if buffer[j] > kth:
+            above += 1
+    return kth, k - above
+
+
+@numba.njit(**_OPTIONS)
+def _solve_top(x: Any, out: Any, top: Any, k: int, kth: Any, room: int) -> None:
+    """Newton's method on the top k: the entries above ``kth`` and the first
+    ``room`` entries equal to it (which share one value, so they enter the
+    sums as ``room`` times it).  Every top-k entry lies above ``-1``: the
+    first step is on all of them."""
+    one = x.dtype.type(1.0)
+    zero = x.dtype.type(0.0)
+    ties = x.dtype.type(room)
+    shifted_kth = kth - top
+    total = ties * shifted_kth
+    for j in range(x.shape[0]):
+        if x[j] > kth:
+            total += x[j] - top
+    tau = (total - one) / x.dtype.type(k)
+    previous = x.dtype.type(k)
+    while True:
+        total = zero
+        count = zero
+        for j in range(x.shape[0]):
+            shifted = x[j] - top
+            kept = x[j] > kth
+            above = kept and shifted > tau
+            excess = shifted - tau
+            out[j] = excess if (kept and excess > zero) else zero
+            total += shifted if above else zero
+            count += one if above else zero
+        if shifted_kth > tau:
+            total += ties * shifted_kth
+            count += ties
+        if count >= previous:
+            break
+        previous = count
+        tau = (total - one) / count
+    excess = shifted_kth - tau
+    if excess > zero:
+        seen = 0
+        for j in range(x.shape[0]):
+            if x[j] == kth and seen < room:
+                out[j] = excess
+                seen += 1
+
+
+@numba.njit(**_OPTIONS)
+def _topk_serial(scores: Any, out: Any, k: int) -> None:
+    for row in range(scores.shape[0]):
+        _topk_row(scores[row], out[row], k)
+
+
+@numba.njit(parallel=True, **_OPTIONS)
+def _topk_parallel(scores: Any, out: Any, k: int) -> None:
+    for row in numba.prange(scores.shape[0]):
+        _topk_row(scores[row], out[row], k)
+
+
+# Arrays smaller than this run on the calling thread: starting the thread
+# pool costs more than it saves.
+PARALLEL_MIN_ELEMENTS = 1 << 16
+
+
+def _threaded(rows: int, size: int, threads: int) -> bool:
+    return threads > 1 and rows > 1 and rows * size >= PARALLEL_MIN_ELEMENTS
+
+
+# The size of numba's thread pool (NUMBA_NUM_THREADS, by default the cores).
+_MAX_THREADS: int = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]
+
+# numba's fallback threading layer (workqueue, where neither OpenMP nor TBB
+# is found) aborts the process on concurrent launches: one at a time.
+_parallel_lock = threading.Lock()
+
+
+def _launch(serial: Any, parallel: Any, threads: int, *args: Any) -> None:
+    rows, size = args[0].shape
+    if not _threaded(rows, size, threads):
+        serial(*args)
+        return
+    # numba's thread count is per calling thread: set and restore it here.
+    with _parallel_lock:
+        previous = numba.get_num_threads()
+        numba.set_num_threads(min(threads, _MAX_THREADS))
+        try:
+            parallel(*args)
+        finally:
+            numba.set_num_threads(previous)
+
+
+def sparsemax_rows(scores: np.ndarray, out: np.ndarray, threads: int) -> None:
+    """Sparsemax of each row of ``scores`` into ``out`` (C-contiguous 2-d,
+    float32 or float64, the same shape and dtype)."""
+    _launch(_sparsemax_serial, _sparsemax_parallel, threads, scores, out)
+
+
+def sparsemax_vjp_rows(probs: np.ndarray, cotangent: np.ndarray, out: np.ndarray, threads: int) -> None:
+    """The sparsemax VJP of each row into ``out``."""
+    _launch(_vjp_serial, _vjp_parallel, threads, probs, cotangent, out)
+
+
+def topk_sparsemax_rows(scores: np.ndarray, k: int, out: np.ndarray, threads: int) -> None:
+    """Top-k sparsemax of each row of ``scores`` into ``out`` (``1 <= k <= K``)."""
+    _launch(_topk_serial, _topk_parallel, threads, scores, out, k)
