@@ -32,6 +32,8 @@ __all__ = ["sparsemax_rows", "sparsemax_vjp_rows", "topk_sparsemax_rows"]
 
 _FASTMATH = {"reassoc"}
 _OPTIONS: dict[str, Any] = {"fastmath": _FASTMATH, "cache": True, "nogil": True}
+# Row helpers are inlined into their callers (numba IR inlining).
+_INLINE: dict[str, Any] = {**_OPTIONS, "inline": "always"}
 
 
 @intrinsic
@@ -54,33 +56,28 @@ def _maxnum(typingctx: Any, a: Any, b: Any) -> Any:
     return signature, codegen
 
 
-@numba.njit(**_OPTIONS)
-def _max_and_total(x: Any) -> tuple[Any, Any]:
-    """The row's maximum (NaN ignored) and its sum (finite only when every
-    entry is finite, whatever the order of summation)."""
+@numba.njit(**_INLINE)
+def _row_max(x: Any) -> Any:
+    """The row's maximum, NaN ignored (NaN is counted by the first pass)."""
     top = x[0]
-    total = x.dtype.type(0.0)
     for j in range(x.shape[0]):
         top = _maxnum(top, x[j])  # type: ignore[call-arg]
-        total += x[j]
-    return top, total
+    return top
 
 
-@numba.njit(**_OPTIONS)
-def _special_row(x: Any, out: Any, top: Any, total: Any, keep: int) -> bool:
-    """Write the row's output if it is special (NaN, ``+inf`` or only
-    ``-inf``) and say whether it was.
+@numba.njit(**_INLINE)
+def _special_row(x: Any, out: Any, top: Any, keep: int) -> None:
+    """The output of a row whose maximum ``top`` (NaN ignored) is not finite.
 
-    A NaN row gives NaN; the first ``keep`` of the ``+inf`` entries share
-    the mass equally (``keep = K`` for sparsemax, ``k`` for top-k); a row of
-    only ``-inf`` gives zeros.
+    A row holding NaN gives NaN; the first ``keep`` of the ``+inf`` entries
+    share the mass equally (``keep = K`` for sparsemax, ``k`` for top-k); a
+    row of only ``-inf`` gives zeros.
     """
     zero = x.dtype.type(0.0)
-    if np.isnan(total):
-        for j in range(x.shape[0]):
-            if np.isnan(x[j]):
-                out[:] = np.nan
-                return True
+    for j in range(x.shape[0]):
+        if np.isnan(x[j]):
+            out[:] = np.nan
+            return
     if top == np.inf:
         count = 0
         for j in range(x.shape[0]):
@@ -94,14 +91,32 @@ def _special_row(x: Any, out: Any, top: Any, total: Any, keep: int) -> bool:
                 seen += 1
             else:
                 out[j] = zero
-        return True
-    if top == -np.inf:
-        out[:] = zero
-        return True
-    return False
+        return
+    out[:] = zero
 
 
-@numba.njit(**_OPTIONS)
+@numba.njit(**_INLINE)
+def _first_pass(x: Any, out: Any, top: Any) -> tuple[Any, Any, Any]:
+    """:func:`_newton_pass` at ``tau = -1`` that also counts the NaN entries
+    (a row with NaN is overwritten after)."""
+    zero = x.dtype.type(0.0)
+    one = x.dtype.type(1.0)
+    tau = -one
+    total = zero
+    count = zero
+    nans = zero
+    for j in range(x.shape[0]):
+        shifted = x[j] - top
+        above = shifted > tau
+        excess = shifted - tau
+        out[j] = excess if excess > zero else zero
+        total += shifted if above else zero
+        count += one if above else zero
+        nans += one if x[j] != x[j] else zero
+    return total, count, nans
+
+
+@numba.njit(**_INLINE)
 def _newton_pass(x: Any, out: Any, top: Any, tau: Any) -> tuple[Any, Any]:
     """One pass at threshold ``tau`` of the shifted row ``x - top``: writes
     ``max(x - top - tau, 0)`` into ``out`` and returns the sum and the count
@@ -120,15 +135,7 @@ def _newton_pass(x: Any, out: Any, top: Any, tau: Any) -> tuple[Any, Any]:
     return total, count
 
 
-@numba.njit(**_OPTIONS)
-def _solve_row(x: Any, out: Any, top: Any) -> None:
-    """Newton's method from ``tau = -1`` (the threshold of the maximum alone,
-    a lower bound) on the finite-maximum row ``x``."""
-    total, count = _newton_pass(x, out, top, -x.dtype.type(1.0))
-    _continue_row(x, out, top, total, count)
-
-
-@numba.njit(**_OPTIONS)
+@numba.njit(**_INLINE)
 def _continue_row(x: Any, out: Any, top: Any, total: Any, count: Any) -> None:
     """Newton's steps after a first pass that gave ``total`` and ``count``.
 
@@ -142,11 +149,19 @@ def _continue_row(x: Any, out: Any, top: Any, total: Any, count: Any) -> None:
         total, count = _newton_pass(x, out, top, (total - one) / count)
 
 
-@numba.njit(**_OPTIONS)
+@numba.njit(**_INLINE)
 def _sparsemax_row(x: Any, out: Any) -> None:
-    top, total = _max_and_total(x)
-    if not _special_row(x, out, top, total, x.shape[0]):
-        _solve_row(x, out, top)
+    """Newton's method from ``tau = -1`` (the threshold of the maximum alone,
+    a lower bound) on the row shifted by its maximum."""
+    top = _row_max(x)
+    if not np.isfinite(top):
+        _special_row(x, out, top, x.shape[0])
+        return
+    total, count, nans = _first_pass(x, out, top)
+    if nans > 0:
+        out[:] = np.nan
+        return
+    _continue_row(x, out, top, total, count)
 
 
 @numba.njit(**_OPTIONS)
@@ -161,7 +176,14 @@ def _sparsemax_parallel(scores: Any, out: Any) -> None:
         _sparsemax_row(scores[row], out[row])
 
 
-@numba.njit(**_OPTIONS)
+@numba.njit(**_INLINE)
+def _sign(value: Any, one: Any) -> Any:
+    """``np.sign`` as selects (which vectorize): NaN and signed zeros kept."""
+    zero = one - one
+    return one if value > zero else (-one if value < zero else value)
+
+
+@numba.njit(**_INLINE)
 def _vjp_row(probs: Any, cotangent: Any, out: Any) -> None:
     """``(g * sign(p) - mean) * sign(p) + 0``, the reference's arithmetic:
     a NaN in ``p`` (or a non-finite ``g`` anywhere) gives a NaN row."""
@@ -170,13 +192,13 @@ def _vjp_row(probs: Any, cotangent: Any, out: Any) -> None:
     count = zero
     total = zero
     for j in range(probs.shape[0]):
-        support = np.sign(probs[j])
+        support = _sign(probs[j], one)
         count += support
         total += cotangent[j] * support
     # clip(count, min=1), NaN kept.
     mean = total / (one if count < one else count)
     for j in range(probs.shape[0]):
-        support = np.sign(probs[j])
+        support = _sign(probs[j], one)
         out[j] = (cotangent[j] * support - mean) * support + zero
 
 
@@ -192,7 +214,7 @@ def _vjp_parallel(probs: Any, cotangent: Any, out: Any) -> None:
         _vjp_row(probs[row], cotangent[row], out[row])
 
 
-@numba.njit(**_OPTIONS)
+@numba.njit(**_INLINE)
 def _topk_row(x: Any, out: Any, k: int) -> None:
     """Sparsemax over the ``k`` largest entries (ties: lower index first).
 
@@ -202,21 +224,26 @@ def _topk_row(x: Any, out: Any, k: int) -> None:
     Otherwise the k-th largest score is selected among them, and Newton's
     method runs on the top k.
     """
-    top, total = _max_and_total(x)
-    if _special_row(x, out, top, total, k):
+    top = _row_max(x)
+    if not np.isfinite(top):
+        _special_row(x, out, top, k)
         return
-    first_total, candidates = _newton_pass(x, out, top, -x.dtype.type(1.0))
+    first_total, candidates, nans = _first_pass(x, out, top)
+    if nans > 0:
+        out[:] = np.nan
+        return
     if candidates <= k:
         _continue_row(x, out, top, first_total, candidates)
         return
-    kth, room = _kth_largest(x, top, int(candidates), k)
-    _solve_top(x, out, top, k, kth, room)
+    kth, room, values = _kth_largest(x, top, int(candidates), k)
+    _solve_top(x, out, top, k, kth, room, values)
 
 
-@numba.njit(**_OPTIONS)
-def _kth_largest(x: Any, top: Any, candidates: int, k: int) -> tuple[Any, int]:
+@numba.njit(**_INLINE)
+def _kth_largest(x: Any, top: Any, candidates: int, k: int) -> tuple[Any, int, Any]:
     """The k-th largest score among the ``candidates`` entries within 1 of
-    the maximum, and ``room``: how many entries equal to it the top k keep.
+    the maximum, ``room`` (how many entries equal to it the top k keep), and
+    the candidates themselves (reordered).
 
     The original scores are compared (not the shifted ones), so that the
     order, and so the ties, are those of the input.
@@ -228,41 +255,78 @@ def _kth_largest(x: Any, top: Any, candidates: int, k: int) -> tuple[Any, int]:
         if x[j] - top > -one:
             buffer[filled] = x[j]
             filled += 1
-    kth = np.partition(buffer, filled - k)[filled - k]
+    kth = _select(buffer, filled, k)
     above = 0
     for j in range(filled):
         if buffer[j] > kth:
             above += 1
-    return kth, k - above
+    return kth, k - above, buffer
 
 
-@numba.njit(**_OPTIONS)
-def _solve_top(x: Any, out: Any, top: Any, k: int, kth: Any, room: int) -> None:
-    """Newton's method on the top k: the entries above ``kth`` and the first
-    ``room`` entries equal to it (which share one value, so they enter the
-    sums as ``room`` times it).  Every top-k entry lies above ``-1``: the
-    first step is on all of them."""
+@numba.njit(**_INLINE)
+def _select(values: Any, size: int, k: int) -> Any:
+    """The k-th largest of ``values[:size]`` (no NaN), by quickselect in
+    place (Hoare's partition, median-of-three pivots)."""
+    low = 0
+    high = size - 1
+    target = k - 1  # its position in descending order
+    while low < high:
+        middle = (low + high) // 2
+        # Order values[low], values[middle], values[high] descending; the pivot is the middle one.
+        if values[middle] > values[low]:
+            values[middle], values[low] = values[low], values[middle]
+        if values[high] > values[low]:
+            values[high], values[low] = values[low], values[high]
+        if values[high] > values[middle]:
+            values[high], values[middle] = values[middle], values[high]
+        pivot = values[middle]
+        left = low
+        right = high
+        while left <= right:
+            while values[left] > pivot:
+                left += 1
+            while values[right] < pivot:
+                right -= 1
+            if left <= right:
+                values[left], values[right] = values[right], values[left]
+                left += 1
+                right -= 1
+        if target <= right:
+            high = right
+        elif target >= left:
+            low = left
+        else:
+            return values[target]
+    return values[target]
+
+
+@numba.njit(**_INLINE)
+def _solve_top(x: Any, out: Any, top: Any, k: int, kth: Any, room: int, candidates: Any) -> None:
+    """Newton's method on the top k, among the ``candidates``: the entries
+    above ``kth`` and ``room`` entries equal to it (which share one value, so
+    they enter the sums as ``room`` times it), then one pass that writes the
+    output: the entries above ``kth``, and the first ``room`` equal to it.
+
+    Every top-k entry lies above ``-1``: the first step is on all of them.
+    """
     one = x.dtype.type(1.0)
     zero = x.dtype.type(0.0)
     ties = x.dtype.type(room)
     shifted_kth = kth - top
     total = ties * shifted_kth
-    for j in range(x.shape[0]):
-        if x[j] > kth:
-            total += x[j] - top
+    for j in range(candidates.shape[0]):
+        if candidates[j] > kth:
+            total += candidates[j] - top
     tau = (total - one) / x.dtype.type(k)
     previous = x.dtype.type(k)
     while True:
         total = zero
         count = zero
-        for j in range(x.shape[0]):
-            shifted = x[j] - top
-            kept = x[j] > kth
-            above = kept and shifted > tau
-            excess = shifted - tau
-            out[j] = excess if (kept and excess > zero) else zero
-            total += shifted if above else zero
-            count += one if above else zero
+        for j in range(candidates.shape[0]):
+            shifted = candidates[j] - top
+            if candidates[j] > kth and shifted > tau:
+                total += shifted
+                count += one
         if shifted_kth > tau:
             total += ties * shifted_kth
             count += ties
@@ -270,6 +334,9 @@ def _solve_top(x: Any, out: Any, top: Any, k: int, kth: Any, room: int) -> None:
             break
         previous = count
         tau = (total - one) / count
+    for j in range(x.shape[0]):
+        excess = (x[j] - top) - tau
+        out[j] = excess if (x[j] > kth) & (excess > zero) else zero
     excess = shifted_kth - tau
     if excess > zero:
         seen = 0
