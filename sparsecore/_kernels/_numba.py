@@ -96,9 +96,8 @@ def _special_row(x: Any, out: Any, top: Any, keep: int) -> None:
 
 
 @numba.njit(**_INLINE)
-def _first_pass(x: Any, out: Any, top: Any) -> tuple[Any, Any, Any]:
-    """:func:`_newton_pass` at ``tau = -1`` that also counts the NaN entries
-    (a row with NaN is overwritten after)."""
+def _first_pass(x: Any, top: Any) -> tuple[Any, Any, Any]:
+    """:func:`_newton_pass` at ``tau = -1`` that also counts the NaN entries."""
     zero = x.dtype.type(0.0)
     one = x.dtype.type(1.0)
     tau = -one
@@ -108,8 +107,6 @@ def _first_pass(x: Any, out: Any, top: Any) -> tuple[Any, Any, Any]:
     for j in range(x.shape[0]):
         shifted = x[j] - top
         above = shifted > tau
-        excess = shifted - tau
-        out[j] = excess if excess > zero else zero
         total += shifted if above else zero
         count += one if above else zero
         nans += one if x[j] != x[j] else zero
@@ -117,10 +114,10 @@ def _first_pass(x: Any, out: Any, top: Any) -> tuple[Any, Any, Any]:
 
 
 @numba.njit(**_INLINE)
-def _newton_pass(x: Any, out: Any, top: Any, tau: Any) -> tuple[Any, Any]:
-    """One pass at threshold ``tau`` of the shifted row ``x - top``: writes
-    ``max(x - top - tau, 0)`` into ``out`` and returns the sum and the count
-    of the shifted entries above ``tau``."""
+def _newton_pass(x: Any, top: Any, tau: Any) -> tuple[Any, Any]:
+    """One pass at threshold ``tau`` of the shifted row ``x - top``: the sum
+    and the count of the shifted entries above ``tau``.  (No output is
+    written: the stores would cost more than the one pass that writes it.)"""
     zero = x.dtype.type(0.0)
     one = x.dtype.type(1.0)
     total = zero
@@ -128,25 +125,36 @@ def _newton_pass(x: Any, out: Any, top: Any, tau: Any) -> tuple[Any, Any]:
     for j in range(x.shape[0]):
         shifted = x[j] - top
         above = shifted > tau
-        excess = shifted - tau
-        out[j] = excess if excess > zero else zero
         total += shifted if above else zero
         count += one if above else zero
     return total, count
 
 
 @numba.njit(**_INLINE)
-def _continue_row(x: Any, out: Any, top: Any, total: Any, count: Any) -> None:
-    """Newton's steps after a first pass that gave ``total`` and ``count``.
+def _write_row(x: Any, out: Any, top: Any, tau: Any) -> None:
+    """``out = max(x - top - tau, 0)``."""
+    zero = x.dtype.type(0.0)
+    for j in range(x.shape[0]):
+        excess = (x[j] - top) - tau
+        out[j] = excess if excess > zero else zero
 
-    Each pass writes its output: the pass whose support did not shrink is
-    the last, and its threshold is exact.
+
+@numba.njit(**_INLINE)
+def _continue_row(x: Any, out: Any, top: Any, total: Any, count: Any) -> None:
+    """Newton's steps after a first pass at ``tau = -1`` that gave ``total``
+    and ``count``, then the output.
+
+    The support only shrinks; once a pass finds it unchanged, its threshold
+    is exact.
     """
     one = x.dtype.type(1.0)
+    tau = -one
     previous = x.dtype.type(x.shape[0] + 1)
     while count < previous:
         previous = count
-        total, count = _newton_pass(x, out, top, (total - one) / count)
+        tau = (total - one) / count
+        total, count = _newton_pass(x, top, tau)
+    _write_row(x, out, top, tau)
 
 
 @numba.njit(**_INLINE)
@@ -157,7 +165,7 @@ def _sparsemax_row(x: Any, out: Any) -> None:
     if not np.isfinite(top):
         _special_row(x, out, top, x.shape[0])
         return
-    total, count, nans = _first_pass(x, out, top)
+    total, count, nans = _first_pass(x, top)
     if nans > 0:
         out[:] = np.nan
         return
@@ -228,7 +236,7 @@ def _topk_row(x: Any, out: Any, k: int) -> None:
     if not np.isfinite(top):
         _special_row(x, out, top, k)
         return
-    first_total, candidates, nans = _first_pass(x, out, top)
+    first_total, candidates, nans = _first_pass(x, top)
     if nans > 0:
         out[:] = np.nan
         return
