@@ -189,9 +189,31 @@ def torch_floor_rows(
             mean = out.sum(dim=-1, keepdim=True) / support.sum(dim=-1, keepdim=True)
             return out.sub_(mean).mul_(support)
 
+    from sparsecore._kernels import _numba as kernels
+
+    class Kernels(torch.autograd.Function):
+        """The numba kernels alone in an autograd Function: no checks, no
+        dispatch, no axis moves (what the glue around them costs is the
+        difference to ``sparsecore_torch.sparsemax``)."""
+
+        @staticmethod
+        def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:
+            out = torch.empty_like(x)
+            kernels.sparsemax_rows(x.detach().numpy(), out.numpy(), 1)
+            ctx.save_for_backward(out)  # type: ignore[attr-defined]
+            return out
+
+        @staticmethod
+        def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
+            (probs,) = ctx.saved_tensors  # type: ignore[attr-defined]
+            out = torch.empty_like(grad)
+            kernels.sparsemax_vjp_rows(probs.numpy(), grad.contiguous().numpy(), out.numpy(), 1)
+            return out
+
     methods: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
         "torch.softmax": lambda x: torch.softmax(x, dim=-1),
         "floor: custom Function, one pass each way": OnePass.apply,
+        "floor: custom Function over the numba kernels alone": Kernels.apply,
         "floor: idealized sparsemax (not exact)": Idealized.apply,
         "sparsecore_torch.sparsemax": lambda x: __import__("sparsecore_torch").sparsemax(x, dim=-1),
         REFERENCE_ROW: lambda x: __import__("sparsecore_torch").sparsemax(x, dim=-1),
