@@ -137,6 +137,31 @@ def test_wrapped_and_subclassed_tensors_take_the_reference_path(torch, calls):
     assert_close(probs.as_subclass(torch.Tensor), sparsemax_bisect(data))
 
 
+def test_tensors_that_autograd_records_take_the_reference_path(torch, calls):
+    """The core on a tensor that requires grad (outside the adapter), and a
+    double backward through the adapter, stay differentiable."""
+    import sparsecore_torch
+
+    rng = np.random.default_rng(8)
+    data = rng.standard_normal((3, 7))
+    w = torch.from_numpy(rng.standard_normal((3, 7)))
+    scores = torch.tensor(data, requires_grad=True)
+    (sparsecore.sparsemax(scores) * w).sum().backward()
+    assert calls["sparsemax_rows"] == 0
+    expected = sparsemax_bisect(data)
+    assert_close(scores.grad, sparsemax_vjp_reference(expected, w.numpy()))
+    # Double backward: the gradient of <grad, v> w.r.t. the cotangent is the VJP of v.
+    probs = sparsecore_torch.sparsemax(scores)
+    assert calls["sparsemax_rows"] == 1
+    cotangent = w.clone().requires_grad_()
+    (gradient,) = torch.autograd.grad(probs, scores, cotangent, create_graph=True)
+    v = torch.from_numpy(rng.standard_normal((3, 7)))
+    (second,) = torch.autograd.grad((gradient * v).sum(), cotangent)
+    assert calls["sparsemax_vjp_rows"] == 0
+    assert_close(gradient, sparsemax_vjp_reference(expected, w.numpy()))
+    assert_close(second, sparsemax_vjp_reference(expected, v.numpy()))
+
+
 def test_views_are_zero_copy(torch, monkeypatch):
     """Contiguous float32/float64 rows reach the kernel as views of the input
     tensor, and the kernel writes into the returned tensor's memory."""
@@ -150,11 +175,13 @@ def test_views_are_zero_copy(torch, monkeypatch):
     monkeypatch.setattr(kernels, "sparsemax_rows", record)
     for dtype in (torch.float32, torch.float64):
         scores = torch.randn(6, 10, dtype=dtype, requires_grad=True)
-        probs = sparsecore.sparsemax(scores)
+        with torch.no_grad():  # as in the adapter's forward
+            probs = sparsecore.sparsemax(scores)
         assert seen["scores"] == scores.data_ptr()
         assert seen["out"] == probs.data_ptr()
         # Along dim 0 of a transposed (contiguous after the move) tensor: still no copy.
         transposed = scores.detach().t()
+        seen.clear()
         probs = sparsecore.sparsemax(transposed, axis=0)
         assert seen["scores"] == scores.data_ptr()
         assert probs.shape == transposed.shape

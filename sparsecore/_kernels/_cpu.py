@@ -3,7 +3,9 @@
 Each entry point returns the result, or ``None`` when no kernel applies to
 the call (kernels switched off, numba missing, another namespace or device,
 a non-floating dtype, a tensor that is traced or wrapped by a transform);
-the caller then takes the array-API reference path.  Neither numba nor
+the caller then takes the array-API reference path (also for a tensor
+that autograd records, so that gradients flow through the core's torch
+operations as before).  Neither numba nor
 torch is imported here: numba on the first call that can take a kernel,
 torch never (a torch tensor's module is already in ``sys.modules``).
 
@@ -100,8 +102,13 @@ def _library(x: Any, xp: Any) -> tuple[bool, Any]:
     torch = sys.modules.get("torch")
     if torch is None or type(x) not in (torch.Tensor, torch.nn.Parameter):
         return False, None
+    # A tensor that autograd records (the core called directly on a tensor
+    # that requires grad, or a double backward) keeps the reference path,
+    # whose torch operations autograd differentiates; the adapter's forward
+    # and backward run with grad mode off and take the kernel.
     plain = (
         x.is_cpu
+        and not (x.requires_grad and torch.is_grad_enabled())
         and x.layout == torch.strided
         and x.dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16)
         and not x.is_conj()
