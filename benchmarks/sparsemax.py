@@ -1,21 +1,26 @@
 """Sparsemax speed against the public anchors, in one run, on one CPU thread.
 
 Forward and forward+backward in float32, for each shape: ``sparsecore_torch``
-against ``torch.softmax``, ``entmax.sparsemax`` (sort-based, and with its
-partial top-k ``k=``) and ``entmax.sparsemax_bisect``; ``sparsecore_jax``
+(fused CPU kernels, and the array-API reference path) against
+``torch.softmax``, ``entmax.sparsemax`` (sort-based, and with its partial
+top-k ``k=``) and ``entmax.sparsemax_bisect``, with
+``sparsecore_torch.topk_sparsemax`` at the same ``k``; ``sparsecore`` on
+NumPy arrays against ``scipy.special.softmax`` (forward); ``sparsecore_jax``
 under ``jax.jit`` against ``jax.nn.softmax`` and optax's
 ``projection_simplex``.  Prints medians (microseconds) and ratios to the
-framework's softmax.
+framework's softmax, and first the one-off cost of the first call (numba's
+import and compilation, or its load from numba's disk cache), measured in
+fresh processes.
 
     python benchmarks/sparsemax.py                 # every shape
     python benchmarks/sparsemax.py --shapes 64x10 1024x256 --scale 0.1
+    python benchmarks/sparsemax.py --frameworks torch numpy --budget 0.1
     python benchmarks/sparsemax.py --device gpu    # CUDA tensors / JAX's GPU
-
-On the GPU the table also has the reference path (``use_kernels(False)``)
-beside the Triton kernels, float32 and bfloat16, the shape 4096x32768, and
-the achieved memory bandwidth as a share of the device's peak at the two
-largest shapes (``--peak-gbps`` when the device is not in PEAK_GBPS).
     python benchmarks/sparsemax.py --floor         # lower bounds in PyTorch and JAX
+
+On the GPU the table also has float32 and bfloat16, the shape 4096x32768,
+and the achieved memory bandwidth as a share of the device's peak at the two
+largest shapes (``--peak-gbps`` when the device is not in PEAK_GBPS).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from typing import Any
 if "gpu" not in sys.argv:
     os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 
 import numpy as np
 
@@ -55,6 +61,21 @@ def median_seconds(run: Callable[[], object], budget: float, min_repeats: int = 
     return statistics.median(times)
 
 
+# The row of sparsecore with the fused kernels switched off (forward and backward).
+REFERENCE_ROW = "sparsecore_torch.sparsemax (reference path)"
+
+
+def kernel_switch(name: str) -> Any:
+    """``sparsecore.use_kernels(False)`` for the reference rows, else a null context."""
+    import contextlib
+
+    if "(reference path)" not in name:
+        return contextlib.nullcontext()
+    import sparsecore
+
+    return sparsecore.use_kernels(False)
+
+
 def time_torch(
     methods: dict[str, Callable[[Any], Any]], s: Any, g: Any, budget: float, sync: Callable[[], object]
 ) -> dict[str, tuple[float, float]]:
@@ -74,7 +95,8 @@ def time_torch(
             fn(x).backward(g)
             sync()
 
-        rows[name] = (median_seconds(forward, budget), median_seconds(forward_backward, budget))
+        with kernel_switch(name):
+            rows[name] = (median_seconds(forward, budget), median_seconds(forward_backward, budget))
     return rows
 
 
@@ -114,18 +136,15 @@ def torch_rows(
     methods: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
         "torch.softmax": lambda x: torch.softmax(x, dim=-1),
         "sparsecore_torch.sparsemax": lambda x: sparsecore_torch.sparsemax(x, dim=-1),
+        REFERENCE_ROW: lambda x: sparsecore_torch.sparsemax(x, dim=-1),
         "entmax.sparsemax": lambda x: entmax.sparsemax(x, dim=-1),
+        f"sparsecore_torch.topk_sparsemax(k={partial_k})": lambda x: sparsecore_torch.topk_sparsemax(
+            x, partial_k, dim=-1
+        ),
         f"entmax.sparsemax(k={partial_k})": lambda x: entmax.sparsemax(x, dim=-1, k=partial_k),
         "entmax.sparsemax_bisect": lambda x: entmax.sparsemax_bisect(x, dim=-1),
     }
     if gpu:
-        import sparsecore
-
-        def reference(x: torch.Tensor) -> torch.Tensor:
-            with sparsecore.use_kernels(False):
-                return sparsecore_torch.sparsemax(x, dim=-1)
-
-        methods["sparsecore_torch.sparsemax (reference path)"] = reference
         del methods["entmax.sparsemax_bisect"]
     return time_torch(methods, s, g, budget, sync)
 
@@ -189,11 +208,34 @@ def torch_floor_rows(
             mean = out.sum(dim=-1, keepdim=True) / support.sum(dim=-1, keepdim=True)
             return out.sub_(mean).mul_(support)
 
+    from sparsecore._kernels import _numba as kernels
+
+    class Kernels(torch.autograd.Function):
+        """The numba kernels alone in an autograd Function: no checks, no
+        dispatch, no axis moves (what the glue around them costs is the
+        difference to ``sparsecore_torch.sparsemax``)."""
+
+        @staticmethod
+        def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:
+            out = torch.empty_like(x)
+            kernels.sparsemax_rows(x.detach().numpy(), out.numpy(), 1)
+            ctx.save_for_backward(out)  # type: ignore[attr-defined]
+            return out
+
+        @staticmethod
+        def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
+            (probs,) = ctx.saved_tensors  # type: ignore[attr-defined]
+            out = torch.empty_like(grad)
+            kernels.sparsemax_vjp_rows(probs.numpy(), grad.contiguous().numpy(), out.numpy(), 1)
+            return out
+
     methods: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
         "torch.softmax": lambda x: torch.softmax(x, dim=-1),
         "floor: custom Function, one pass each way": OnePass.apply,
+        "floor: custom Function over the numba kernels alone": Kernels.apply,
         "floor: idealized sparsemax (not exact)": Idealized.apply,
         "sparsecore_torch.sparsemax": lambda x: __import__("sparsecore_torch").sparsemax(x, dim=-1),
+        REFERENCE_ROW: lambda x: __import__("sparsecore_torch").sparsemax(x, dim=-1),
     }
     return time_torch(methods, s, g, budget, lambda: None)
 
@@ -254,6 +296,64 @@ def jax_rows(
     return time_jax(methods, s, g, budget)
 
 
+def numpy_rows(scores: np.ndarray, cotangent: np.ndarray, budget: float) -> dict[str, tuple[float, float]]:
+    """Median forward seconds of ``sparsecore`` on NumPy arrays (fused kernel
+    and reference path) against ``scipy.special.softmax``; forward+backward
+    (``sparsemax`` then ``sparsemax_vjp``) is timed for sparsecore only."""
+    import scipy.special
+
+    import sparsecore
+
+    def both(scores: np.ndarray) -> None:
+        sparsecore.sparsemax_vjp(sparsecore.sparsemax(scores), cotangent)
+
+    rows = {
+        "scipy.special.softmax": (median_seconds(lambda: scipy.special.softmax(scores, axis=-1), budget), NAN)
+    }
+    for name, enabled in (("sparsecore.sparsemax", True), ("sparsecore.sparsemax (reference path)", False)):
+        with sparsecore.use_kernels(enabled):
+            rows[name] = (
+                median_seconds(lambda: sparsecore.sparsemax(scores), budget),
+                median_seconds(lambda: both(scores), budget),
+            )
+    return rows
+
+
+NAN = float("nan")
+
+FIRST_CALL = """
+import time
+start = time.perf_counter()
+import numpy as np
+import sparsecore
+imported = time.perf_counter()
+s = np.random.default_rng(0).standard_normal((4, 300)).astype(np.float32)
+probs = sparsecore.sparsemax(s)
+sparsecore.sparsemax_vjp(probs, s)
+sparsecore.sparsemax_vjp(sparsecore.topk_sparsemax(s, 16), s)
+done = time.perf_counter()
+print(imported - start, done - imported)
+"""
+
+
+def first_call_seconds() -> tuple[tuple[float, float], tuple[float, float]]:
+    """``(import, first calls)`` seconds of float32 sparsemax, its VJP and
+    top-k sparsemax in fresh processes, with an empty numba cache and then
+    with the cache that the first process wrote."""
+    import subprocess
+    import tempfile
+
+    results = []
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        for _ in range(2):
+            output = subprocess.run(
+                [sys.executable, "-c", FIRST_CALL], env=env, check=True, capture_output=True, text=True
+            ).stdout.split()
+            results.append((float(output[0]), float(output[1])))
+    return results[0], results[1]
+
+
 def parse_shape(text: str) -> tuple[int, int]:
     batch, size = text.lower().split("x")
     return int(batch), int(size)
@@ -271,7 +371,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="scores ~ N(0, scale^2)")
     parser.add_argument("--budget", type=float, default=0.4, help="seconds per measurement")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--frameworks", nargs="+", default=["torch", "jax"], choices=["torch", "jax"])
+    parser.add_argument(
+        "--frameworks", nargs="+", default=["torch", "numpy", "jax"], choices=["torch", "numpy", "jax"]
+    )
     parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="cpu (one thread) or gpu")
     parser.add_argument(
         "--floor",
@@ -288,6 +390,14 @@ def main(argv: list[str] | None = None) -> int:
     bandwidth: list[str] = []
 
     rng = np.random.default_rng(args.seed)
+    if not gpu and not args.floor:
+        (cold_import, cold), (warm_import, warm) = first_call_seconds()
+        print(
+            "first call (fresh process; float32 sparsemax, its VJP and top-k sparsemax): "
+            f"{cold:.2f} s with an empty numba cache (compilation), {warm:.2f} s with the cache; "
+            f"import sparsecore {cold_import:.2f} s / {warm_import:.2f} s"
+        )
+        print()
     where = "GPU" if gpu else "one CPU thread"
     print(
         f"{', '.join(dtypes)}, scores ~ N(0, {args.scale}^2), {where}; median microseconds; ratio = time / softmax"
@@ -303,8 +413,12 @@ def main(argv: list[str] | None = None) -> int:
         scores = (args.scale * rng.standard_normal((batch, size))).astype(np.float32)
         cotangent = rng.standard_normal((batch, size)).astype(np.float32)
         for framework in args.frameworks:
+            if framework == "numpy" and (args.floor or gpu):
+                continue
             for dtype in dtypes if framework == "torch" else ["float32"]:
-                if args.floor:
+                if framework == "numpy":
+                    rows = numpy_rows(scores, cotangent, args.budget)
+                elif args.floor:
                     floor_rows = torch_floor_rows if framework == "torch" else jax_floor_rows
                     rows = floor_rows(scores, cotangent, args.budget)
                 elif framework == "torch":
@@ -313,9 +427,12 @@ def main(argv: list[str] | None = None) -> int:
                     rows = jax_rows(scores, cotangent, args.budget, gpu)
                 base_forward, base_both = next(iter(rows.values()))
                 for name, (forward, both) in rows.items():
+                    both_cells = "- | -" if both != both else f"{both * 1e6:.1f} | {both / base_both:.2f}"
+                    if base_both != base_both and both == both:
+                        both_cells = f"{both * 1e6:.1f} | -"
                     print(
-                        f"| {batch}x{size} | {dtype} | {name} | {forward * 1e6:.1f} | {forward / base_forward:.2f} "
-                        f"| {both * 1e6:.1f} | {both / base_both:.2f} |",
+                        f"| {batch}x{size} | {dtype} | {name} | {forward * 1e6:.1f} "
+                        f"| {forward / base_forward:.2f} | {both_cells} |",
                         flush=True,
                     )
                 if (batch, size) in largest and framework == "torch":

@@ -6,6 +6,7 @@ from typing import Any
 
 from array_api_compat import device, is_cupy_namespace, is_numpy_namespace, is_torch_namespace
 
+from ._kernels._cpu import sparsemax_kernel, sparsemax_vjp_kernel
 from ._lib._arrays import from_last, raise_on_nan, to_last
 from ._lib._device import on_gpu
 from ._lib._namespace import (
@@ -154,8 +155,12 @@ def sparsemax_checked(s: Any, axis: int, nan_policy: str, *, xp: Any) -> Any:
     """:func:`sparsemax` on validated arguments (``axis`` non-negative).
 
     The adapters validate at their own boundary and call this, so that a
-    call pays for the checks once.
+    call pays for the checks once.  A fused kernel takes the call where one
+    applies (see ``sparsecore._kernels``).
     """
+    probs = sparsemax_kernel(s, axis, nan_policy, xp=xp)
+    if probs is not None:
+        return probs
     scores = to_last(s, axis, xp=xp)
     if nan_policy == "raise":
         raise_on_nan(scores, "s", xp=xp)
@@ -166,6 +171,9 @@ def sparsemax_checked(s: Any, axis: int, nan_policy: str, *, xp: Any) -> Any:
 
 def sparsemax_vjp_checked(p: Any, g: Any, axis: int, *, xp: Any) -> Any:
     """:func:`sparsemax_vjp` on validated arguments (``axis`` non-negative)."""
+    fused = sparsemax_vjp_kernel(p, g, axis, xp=xp)
+    if fused is not None:
+        return fused
     with quiet(xp):
         grad = sparsemax_vjp_last(to_last(p, axis, xp=xp), to_last(g, axis, xp=xp), xp=xp)
     return from_last(grad, axis, g.dtype, xp=xp)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._kernels._cpu import topk_sparsemax_kernel
 from ._lib._arrays import from_last, raise_on_nan, to_last
 from ._lib._namespace import array_namespace, quiet
 from ._lib._select import kth_largest
@@ -76,6 +77,9 @@ def topk_sparsemax(s: Any, k: int, axis: int = -1, *, nan_policy: str = "propaga
     axis = normalize_axis(axis, s.ndim)
     size = s.shape[axis]
     k = check_k(k, size)
+    fused = topk_sparsemax_kernel(s, k, axis, nan_policy, xp=xp)
+    if fused is not None:
+        return fused
     scores = to_last(s, axis, xp=xp)
     if nan_policy == "raise":
         raise_on_nan(scores, "s", xp=xp)

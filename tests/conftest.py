@@ -85,3 +85,42 @@ def jax_module():
     import jax
 
     return jax
+
+
+#: The backends (and ``test_bad_input``'s APIs) whose calls can take the CPU kernels.
+KERNEL_BACKENDS = frozenset(
+    {"numpy", "numpy_readonly", "torch", "core-numpy", "core-numpy_readonly", "core-torch", "torch-adapter"}
+)
+#: The parameter names through which a test names its backend.
+BACKEND_PARAMS = ("xp_name", "api", "library", "library_name")
+
+
+@pytest.fixture(params=["kernels", "reference"])
+def kernel_path(request: pytest.FixtureRequest):
+    """Run a test with the fused kernels allowed, and again with the
+    array-API reference path forced (``sparsecore.use_kernels``).
+
+    A module opts in with ``pytestmark = pytest.mark.usefixtures("kernel_path")``.
+    """
+    import sparsecore
+
+    with sparsecore.use_kernels(request.param == "kernels"):
+        yield request.param
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the ``reference`` twin of a test on a backend without CPU
+    kernels (array-api-strict, JAX, CuPy): its ``kernels`` run already takes
+    the reference path, so the twin would repeat it."""
+    kept, removed = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        backends = [params[name] for name in BACKEND_PARAMS if name in params]
+        twin = params.get("kernel_path") == "reference"
+        if twin and backends and not any(name in KERNEL_BACKENDS for name in backends):
+            removed.append(item)
+        else:
+            kept.append(item)
+    if removed:
+        config.hook.pytest_deselected(items=removed)
+        items[:] = kept

@@ -24,6 +24,9 @@ from triton_support import triton_context
 
 import sparsecore
 
+# Every test runs with the fused kernels allowed and with the reference path forced.
+pytestmark = pytest.mark.usefixtures("kernel_path")
+
 INF, NAN = np.inf, np.nan
 
 

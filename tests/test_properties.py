@@ -17,6 +17,9 @@ from triton_support import triton_context
 
 import sparsecore
 
+# Every test runs with the fused kernels allowed and with the reference path forced.
+pytestmark = pytest.mark.usefixtures("kernel_path")
+
 PROPERTY_SETTINGS = settings(max_examples=50, deadline=None, database=None)
 ATOL = 1e-9
 

@@ -28,6 +28,9 @@ from reference import (
 
 from sparsecore import sparsemax, sparsemax_vjp
 
+# Every test runs with the fused kernels allowed and with the reference path forced.
+pytestmark = pytest.mark.usefixtures("kernel_path")
+
 # (shape, axis): every axis of 1-, 2- and 3-d inputs, negative axes, and K = 1.
 CASES = [
     ((7,), -1),

@@ -26,6 +26,9 @@ from reference import (
 
 from sparsecore import sparsemax, topk_is_exact, topk_sparsemax, topk_sparsemax_vjp
 
+# Every test runs with the fused kernels allowed and with the reference path forced.
+pytestmark = pytest.mark.usefixtures("kernel_path")
+
 CASES = [
     ((7,), 0),
     ((4, 6), 0),

@@ -22,6 +22,11 @@ from sparsecore_torch import Sparsemax, TopKSparsemax, topk_is_exact, topk_spars
 from sparsecore_torch import sparsemax as torch_sparsemax  # noqa: E402
 from torch.func import grad, jacrev, vmap  # noqa: E402
 
+import sparsecore  # noqa: E402
+
+# Every test runs with the fused kernels allowed and with the reference path forced.
+pytestmark = pytest.mark.usefixtures("kernel_path")
+
 INF = float("inf")
 
 
@@ -284,7 +289,12 @@ def test_dtype_and_device_are_kept(dtype):
 
 
 def test_no_host_copies_in_forward_or_backward(monkeypatch):
-    """Forward and backward run on tensors: no .numpy(), __array__, .tolist() or .item()."""
+    """Forward and backward run on tensors: no .numpy(), __array__, .tolist() or .item().
+
+    On the reference path; the CPU kernels read and write tensors through
+    ``Tensor.numpy()`` views, which copy nothing (``test_kernels.py`` checks
+    that they share the tensors' memory).
+    """
 
     def refuse(*args, **kwargs):
         raise AssertionError("a tensor was copied to the host")
@@ -295,12 +305,13 @@ def test_no_host_copies_in_forward_or_backward(monkeypatch):
     expected_topk = vjp_reference_along(topk_sparsemax_bruteforce(scores.detach().numpy(), 2), w.numpy(), -1)
     for attribute in ("numpy", "__array__", "tolist", "item"):
         monkeypatch.setattr(torch.Tensor, attribute, refuse)
-    (torch_sparsemax(scores) * w).sum().backward()
-    sparsemax_grad = scores.grad.clone()
-    scores.grad = None
-    (topk_sparsemax(scores, 2, dim=1) * w).sum().backward()
-    topk_grad = scores.grad.clone()
-    functional = grad(lambda s: (torch_sparsemax(s, dim=0) * w).sum())(scores.detach())
+    with sparsecore.use_kernels(False):
+        (torch_sparsemax(scores) * w).sum().backward()
+        sparsemax_grad = scores.grad.clone()
+        scores.grad = None
+        (topk_sparsemax(scores, 2, dim=1) * w).sum().backward()
+        topk_grad = scores.grad.clone()
+        functional = grad(lambda s: (torch_sparsemax(s, dim=0) * w).sum())(scores.detach())
     monkeypatch.undo()
     assert_close(sparsemax_grad, expected)
     assert_close(topk_grad, expected_topk)
