@@ -84,11 +84,18 @@ class _Rows:
 
     def finish(self, out: Any) -> Any:
         """``out`` (rows) back in the input's shape, axis order and dtype."""
+        moved = self.axis != self.ndim - 1
+        if self.torch is not None and moved:
+            # Move the axis on the NumPy side: a tensor made by from_numpy is
+            # not an autograd view, whose forward-mode tangent would have to
+            # share its permuted layout.
+            out = self.torch.from_numpy(np.moveaxis(out.numpy().reshape(self.shape), -1, self.axis))
+            return out if out.dtype == self.dtype else out.to(self.dtype)
         out = out.reshape(self.shape)
         if out.dtype != self.dtype:
             out = out.astype(self.dtype) if self.torch is None else out.to(self.dtype)
-        if self.axis != self.ndim - 1:
-            out = np.moveaxis(out, -1, self.axis) if self.torch is None else out.movedim(-1, self.axis)
+        if moved:
+            out = np.moveaxis(out, -1, self.axis)
         return out
 
 
@@ -114,6 +121,9 @@ def _library(x: Any, xp: Any) -> tuple[bool, Any]:
         and not x.is_conj()
         and not x.is_neg()
         and not torch._C._functorch.is_functorch_wrapped_tensor(x)
+        # Legacy batched tensors (gradcheck's batched forward grads) have no
+        # CPU backend key, and no storage a NumPy view could read.
+        and torch._C._dispatch_keys(x).has(torch._C.DispatchKey.CPU)
     )
     return plain, torch
 
