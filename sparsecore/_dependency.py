@@ -110,13 +110,24 @@ class DependencyTree:
         return _eisner(self, t, k, xp=xp)
 
     def _argmax_host(self, v: np.ndarray) -> np.ndarray:
-        """Chu-Liu-Edmonds on float64 NumPy rows (..., D), single root."""
+        """Chu-Liu-Edmonds on float64 NumPy rows (..., D), single root.
+
+        The greedy heads of all rows are found at once; only rows whose
+        greedy heads hold a cycle go through the contraction, one by one.
+        """
         words = self.n_words
         rows = np.reshape(np.asarray(v, dtype=np.float64), (-1, words + 1, words))
+        square = _single_root_scores(rows)
+        heads = np.argmax(square, axis=1)  # (N, words + 1): the greedy head of each node
+        heads[:, 0] = 0
+        reached = heads
+        for _ in range(words):  # follow the heads; a row without cycles reaches the root
+            reached = np.take_along_axis(heads, reached, axis=1)
+        for row in np.flatnonzero(np.any(reached != 0, axis=1)):
+            heads[row] = _chu_liu_edmonds(square[row])
         out = np.zeros(rows.shape, dtype=np.float64)
-        for row, arcs in enumerate(rows):
-            heads = _single_root_arborescence(arcs)
-            out[row, heads, np.arange(words)] = 1.0
+        count = rows.shape[0]
+        out[np.arange(count)[:, None], heads[:, 1:], np.arange(words)[None, :]] = 1.0
         return np.reshape(out, np.shape(v))
 
 
@@ -143,24 +154,25 @@ def _on_host(function: Any, v: Any, *, xp: Any) -> Any:
     return xp.asarray(result, dtype=v.dtype, device=device(v))
 
 
-def _single_root_arborescence(arcs: np.ndarray) -> np.ndarray:
-    """The heads (n,) of the best single-root tree for arc scores (n + 1, n)
-    ``[head, modifier - 1]``.
+def _single_root_scores(rows: np.ndarray) -> np.ndarray:
+    """Square arc scores (N, n + 1, n + 1) ``[head, modifier]`` of rows
+    (N, n + 1, n) ``[head, modifier - 1]``, for the single-root tree.
 
-    Every root arc is lowered by a constant larger than any difference of
-    tree scores, so that the unconstrained maximum arborescence (Chu-Liu-
-    Edmonds) of the lowered scores has one root arc and is the best tree
-    with one root arc (Zmigrod et al., 2020, section 3).
+    No arcs enter the root and there are no self-arcs (-inf).  Every root
+    arc is lowered by a constant larger than any difference of tree scores,
+    so that the unconstrained maximum arborescence (Chu-Liu-Edmonds) of the
+    lowered scores has one root arc and is the best tree with one root arc
+    (Zmigrod et al., 2020, section 3).
     """
-    words = arcs.shape[1]
-    square = np.full((words + 1, words + 1), -np.inf)
-    square[:, 1:] = arcs
-    square[np.arange(1, words + 1), np.arange(1, words + 1)] = -np.inf
-    finite = square[np.isfinite(square)]
-    spread = float(finite.max() - finite.min()) if finite.size else 0.0
-    square[0, 1:] -= words * spread + 1.0
-    heads = _chu_liu_edmonds(square)
-    return heads[1:]
+    count, _, words = rows.shape
+    square = np.full((count, words + 1, words + 1), -np.inf)
+    square[:, :, 1:] = rows
+    square[:, np.arange(1, words + 1), np.arange(1, words + 1)] = -np.inf
+    finite = np.isfinite(square)
+    high = np.max(np.where(finite, square, -np.inf), axis=(1, 2), initial=0.0)
+    low = np.min(np.where(finite, square, np.inf), axis=(1, 2), initial=0.0)
+    square[:, 0, 1:] -= (words * (high - low) + 1.0)[:, None]
+    return square
 
 
 def _chu_liu_edmonds(scores: np.ndarray) -> np.ndarray:
