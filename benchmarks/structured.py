@@ -11,6 +11,12 @@ and largest support sizes found.  One CPU thread.
     python benchmarks/structured.py
     python benchmarks/structured.py --dims 32 --batches 64 --frameworks numpy torch
     python benchmarks/structured.py --floor    # lower bounds in PyTorch, batch 1024
+    python benchmarks/structured.py --structures   # Sequence and DependencyTree rows
+
+``--structures`` times instead ``Sequence(8, 4)`` (D = 144) and
+``DependencyTree(8)`` (D = 72), projective (Eisner) and not (Chu-Liu-Edmonds
+on a host copy, row by row), with the same per-example reference over the
+same ``argmax`` oracle, and structured top-k (k = 10) where ``kbest`` exists.
 """
 
 from __future__ import annotations
@@ -139,6 +145,62 @@ def floor_table(dims: list[int], batch: int, sigmas: list[float], repeats: int) 
                 )
 
 
+def structures_table(
+    batches: list[int],
+    sigmas: list[float],
+    frameworks: list[str],
+    converters: dict[str, Callable[[np.ndarray], object]],
+    reference_rows: int,
+    repeats: int,
+) -> None:
+    """Rows for the sequence and dependency-tree structures (see the module docs)."""
+    rng = np.random.default_rng(0)
+    structures = [
+        ("Sequence(8, 4)", sparsecore.Sequence(8, 4)),
+        ("DependencyTree(8, projective)", sparsecore.DependencyTree(8, projective=True)),
+        ("DependencyTree(8)", sparsecore.DependencyTree(8)),
+    ]
+    print("float64, one CPU thread; microseconds per instance (best of repeats); ratio = time / reference")
+    print()
+    print(
+        "| structure | D | batch | sigma | mapping | reference (us) | framework | batched (us) | ratio | support mean / max |"
+    )
+    print("|---|---|---|---|---|---:|---|---:|---:|---|")
+    for label, structure in structures:
+        mappings = [("sparsemap", lambda x, s=structure: sparsecore.sparsemap(x, s))]
+        if isinstance(structure, sparsecore.Sequence) or structure.projective:
+            mappings.append(
+                ("topk k=10", lambda x, s=structure: sparsecore.topk_sparsemax_structured(x, s, 10))
+            )
+        for batch in batches:
+            for sigma in sigmas:
+                t = sigma * rng.standard_normal((batch, structure.dim))
+                rows = t[:reference_rows]
+                reference = seconds(
+                    lambda rows=rows, s=structure: [reference_active_set(r, s.argmax) for r in rows], 1
+                ) / len(rows)
+                for name, function in mappings:
+                    for framework in frameworks:
+                        x = converters[framework](t)
+                        if framework == "jax":
+                            import jax
+
+                            compiled = jax.jit(function)
+                            run = lambda c=compiled, x=x: jax.block_until_ready(c(x))  # noqa: E731
+                        else:
+                            run = lambda f=function, x=x: f(x)  # noqa: E731
+                        elapsed = seconds(run, repeats) / batch
+                        probs = np.asarray(run()[0])
+                        support = (probs > 0).sum(-1)
+                        ratio = elapsed / reference if name == "sparsemap" else float("nan")
+                        print(
+                            f"| {label} | {structure.dim} | {batch} | {sigma} | {name} "
+                            f"| {reference * 1e6:.0f} | {framework} | {elapsed * 1e6:.1f} | {ratio:.2f} "
+                            f"| {support.mean():.1f} / {support.max()} |",
+                            flush=True,
+                        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -153,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         "--floor",
         action="store_true",
         help="instead, lower bounds on Budget for any active set from torch operations (largest batch)",
+    )
+    parser.add_argument(
+        "--structures", action="store_true", help="instead, the Sequence and DependencyTree rows"
     )
     args = parser.parse_args(argv)
     if args.floor:
@@ -171,6 +236,11 @@ def main(argv: list[str] | None = None) -> int:
         jax.config.update("jax_enable_x64", True)
         converters["jax"] = jax.numpy.asarray
 
+    if args.structures:
+        structures_table(
+            args.batches, args.sigmas, args.frameworks, converters, args.reference_rows, args.repeats
+        )
+        return 0
     rng = np.random.default_rng(0)
     print("float64, one CPU thread; microseconds per instance (best of repeats); ratio = time / reference")
     print()

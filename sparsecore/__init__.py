@@ -7,7 +7,9 @@ floating dtype.  Framework bindings live in ``sparsecore_torch`` and
 ``sparsecore_jax``.
 """
 
+from ._dependency import DependencyTree
 from ._lib._dispatch import use_kernels
+from ._sequence import Sequence
 from ._sparsemap import sparsemap, sparsemap_jvp, sparsemap_vjp
 from ._sparsemax import sparsemax, sparsemax_jvp, sparsemax_vjp
 from ._structured_topk import (
@@ -23,6 +25,8 @@ __all__ = [
     "BitVector",
     "Budget",
     "Categorical",
+    "DependencyTree",
+    "Sequence",
     "Structure",
     "sparsemap",
     "sparsemap_jvp",

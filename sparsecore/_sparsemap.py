@@ -62,10 +62,20 @@ def sparsemap(
     tol : float, optional
         Relative duality-gap tolerance; the absolute one is
         ``tol * (1 + ||t||^2)``.  Default ``eps ** 0.75`` of the working
-        dtype (about ``1.8e-12`` in float64): the gap of the last atoms to
+        dtype in float64 (about ``1.8e-12``): the gap of the last atoms to
         enter is computed from marginals that carry rounding error, and a
         tolerance at the rounding level lets rows add and drop nearly
-        dependent atoms for many steps without gaining accuracy.
+        dependent atoms for many steps without gaining accuracy.  In a
+        float32 working dtype (JAX without ``jax_enable_x64``) the default
+        is ``4 * eps`` (about ``4.8e-7``), as ``eps ** 0.75`` stops with
+        marginals off by about 1e-4 and ``eps`` lets a few rows cycle at
+        the rounding level without converging; the weights are then solved
+        again from the KKT system on the support found, with two steps of
+        iterative refinement, which undoes most of the drift of the rank-one
+        updates.  On N(0, 1) scores the marginals come within 1.4e-5 of the
+        float64 solution for ``Budget(32, 8)`` (1.5e-4 before; all but a
+        few entries within 1e-5), and within about 5e-5 for
+        ``Budget(64, 16)``, whose supports are nearly affinely dependent.
     max_active : int, optional
         Number of slots M; default ``D + 1``, enough for an exact solution
         (Carathéodory).  Fewer slots save work when supports are small; a row
@@ -113,7 +123,8 @@ def sparsemap(
     iterations = 20 * (slots + 1) if max_iter is None else _check_positive_int(max_iter, "max_iter")
     work = solver_dtype(t.dtype, device(t), xp=xp)
     if tol is None:
-        tol = float(xp.finfo(work).eps) ** 0.75
+        eps = float(xp.finfo(work).eps)
+        tol = eps**0.75 if work == xp.float64 else 4.0 * eps
     elif not (isinstance(tol, int | float) and tol >= 0):
         raise ValueError(f"tol must be a nonnegative number, got {tol!r}")
     if method not in ("auto", "active_set"):
@@ -128,6 +139,8 @@ def sparsemap(
             probs, atoms, converged = _keep_largest(probs, atoms, slots, xp=xp)
         else:
             probs, atoms, converged = _active_set(rows, structure, slots, iterations, float(tol), xp=xp)
+            if work != xp.float64:
+                probs, atoms = _resolve_on_support(rows, probs, atoms, xp=xp)
     probs = xp.reshape(xp.astype(probs, t.dtype, copy=False), (*batch, slots))
     atoms = xp.reshape(xp.astype(atoms, t.dtype, copy=False), (*batch, slots, dim))
     converged = xp.reshape(converged, batch)
@@ -234,6 +247,54 @@ def _kkt_solve(gram: Any, active: Any, rhs: Any, total: float, *, xp: Any) -> An
     last = xp.full((*batch, 1), total, dtype=dtype, device=device(gram))
     solution = xp.linalg.solve(system, concat([rhs * active, last], -1, xp=xp)[..., None])[..., 0]
     return solution[..., :slots] * active
+
+
+def _resolve_on_support(t: Any, probs: Any, atoms: Any, *, xp: Any) -> tuple[Any, Any]:
+    """The weights of rows ``t`` (N, D) on the support of ``probs`` (N, M),
+    solved anew from the bordered KKT system with two steps of iterative
+    refinement, then clipped at 0 and renormalized; rows whose solution is
+    not finite or has weights below ``-sqrt(eps)`` keep ``probs``.  Returns
+    ``(probs, atoms)``, the atoms of slots that lost their weight zeroed.
+
+    In float32 the active set's rank-one updates drift by about 1e-5; the
+    Gram matrix of 0/1 atoms is exact, so a direct solve is accurate to the
+    system's conditioning.  A support that decomposes the marginals in
+    nearly degenerate ways (tiny true weights) can get weights of about
+    -1e-6 from the solve: those are clipped.
+    """
+    rows, slots = probs.shape
+    dtype = probs.dtype
+    dev = device(probs)
+    support = xp.astype(probs > 0, dtype)
+    outer = support[:, :, None] * support[:, None, :]
+    eye = xp.eye(slots, dtype=dtype, device=dev)
+    gram = (atoms @ xp.matrix_transpose(atoms)) * outer + eye * (1.0 - support)[:, :, None]
+    border = support[:, :, None]
+    system = xp.concat(
+        [
+            xp.concat([gram, border], axis=-1),
+            xp.concat(
+                [xp.matrix_transpose(border), xp.zeros((rows, 1, 1), dtype=dtype, device=dev)], axis=-1
+            ),
+        ],
+        axis=-2,
+    )
+    scores = (atoms @ t[:, :, None])[:, :, 0] * support
+    rhs = xp.concat([scores, xp.ones((rows, 1), dtype=dtype, device=dev)], axis=-1)[:, :, None]
+    solution = xp.linalg.solve(system, rhs)
+    for _ in range(2):
+        solution = solution + xp.linalg.solve(system, rhs - system @ solution)
+    solved = solution[:, :slots, 0] * support
+    # Atoms nearly affinely dependent make the system nearly singular: its
+    # solution then moves far along the (marginal-preserving) null space and
+    # clipping it would be wrong.  Only rounding-level negatives are clipped.
+    floor = -(float(xp.finfo(dtype).eps) ** 0.5)
+    good = xp.all(xp.isfinite(solved) & (solved >= floor), axis=-1, keepdims=True)
+    weights = xp.clip(solved, min=0.0)
+    total = xp.sum(weights, axis=-1, keepdims=True)
+    good = good & (total > 0)
+    weights = xp.where(good, weights / xp.where(good, total, xp.ones_like(total)), probs)
+    return weights, xp.where((weights > 0)[:, :, None], atoms, xp.zeros_like(atoms))
 
 
 class _Rows(NamedTuple):

@@ -8,15 +8,19 @@ the closed-form Jacobian.  Everything works along the last axis.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import numpy as np
 
 __all__ = [
+    "all_dependency_trees",
+    "all_sequences",
     "along_axis",
     "finite_difference_jacobian",
     "long_rows",
     "random_separated_scores",
+    "sparsemap_enumerated",
     "sparsemax_bisect",
     "sparsemax_jacobian",
     "sparsemax_sort",
@@ -248,3 +252,84 @@ def budget_projection(t: np.ndarray, budget: int) -> np.ndarray:
                 high = middle
         out.reshape(-1, t.shape[-1])[row] = np.clip(values - high, 0, 1)
     return out
+
+
+def all_sequences(length: int, n_states: int) -> np.ndarray:
+    """Indicators of every state sequence, shape (n_states ** length, D), in
+    lexicographic order of the sequences (unary then transition indicators)."""
+    rows = []
+    for states in itertools.product(range(n_states), repeat=length):
+        unary = np.zeros((length, n_states))
+        transitions = np.zeros((length - 1, n_states, n_states))
+        for position, state in enumerate(states):
+            unary[position, state] = 1.0
+            if position + 1 < length:
+                transitions[position, state, states[position + 1]] = 1.0
+        rows.append(np.concatenate([unary.ravel(), transitions.ravel()]))
+    return np.array(rows)
+
+
+def _is_single_root_tree(heads: tuple[int, ...]) -> bool:
+    """``heads[m - 1]`` is the head of word m (0 the root)."""
+    if sum(head == 0 for head in heads) != 1:
+        return False
+    for word in range(1, len(heads) + 1):
+        seen = set()
+        node = word
+        while node != 0:
+            if node in seen:
+                return False
+            seen.add(node)
+            node = heads[node - 1]
+    return True
+
+
+def _is_projective(heads: tuple[int, ...]) -> bool:
+    """No two arcs cross (the root at position 0)."""
+    spans = [(min(head, word), max(head, word)) for word, head in enumerate(heads, start=1)]
+    return not any(a < c < b < d for a, b in spans for c, d in spans)
+
+
+def all_dependency_trees(n_words: int, projective: bool) -> np.ndarray:
+    """Indicators ``[head, modifier - 1]`` (flattened) of every single-root
+    tree over ``n_words`` words, by filtering all head assignments."""
+    rows = []
+    for heads in itertools.product(range(n_words + 1), repeat=n_words):
+        if any(head == word for word, head in enumerate(heads, start=1)):
+            continue
+        if not _is_single_root_tree(heads) or (projective and not _is_projective(heads)):
+            continue
+        arcs = np.zeros((n_words + 1, n_words))
+        arcs[list(heads), np.arange(n_words)] = 1.0
+        rows.append(arcs.ravel())
+    return np.array(rows)
+
+
+def sparsemap_enumerated(t: np.ndarray, atoms: np.ndarray) -> np.ndarray:
+    """SparseMAP marginals of rows ``t`` (..., D) over the explicit ``atoms`` (n, D).
+
+    With ``C = atoms^T - t 1^T``, SparseMAP is the point of the convex hull
+    of C's columns nearest to the origin.  SciPy's NNLS (Lawson-Hanson) on
+    ``min_{q >= 0} ||C q||^2 + (1^T q - 1)^2`` finds it exactly: for
+    ``q = lam p`` with p on the simplex the best ``lam`` is
+    ``1 / (1 + ||C p||^2)`` and the objective ``||C p||^2 / (1 + ||C p||^2)``
+    grows with ``||C p||``, so ``p = q / 1^T q``.  The result is checked to
+    be optimal: no atom improves on it, ``max_z <a_z - mu, t - mu> <= 1e-9``.
+    """
+    from scipy.optimize import nnls
+
+    t = np.asarray(t, dtype=np.float64)
+    flat = t.reshape(-1, t.shape[-1])
+    out = np.empty_like(flat)
+    for row, values in enumerate(flat):
+        shifted = atoms.T - values[:, None]
+        system = np.vstack([shifted, np.ones((1, atoms.shape[0]))])
+        target = np.zeros(system.shape[0])
+        target[-1] = 1.0
+        weights, _ = nnls(system, target, maxiter=50 * atoms.shape[0])
+        marginals = (weights / weights.sum()) @ atoms
+        residual = values - marginals
+        if np.max(atoms @ residual) - marginals @ residual > 1e-9:
+            raise AssertionError(f"the NNLS solution of row {row} is not optimal")
+        out[row] = marginals
+    return out.reshape(t.shape)

@@ -12,6 +12,8 @@ MODULES = [
     "sparsecore._topk",
     "sparsecore._structured_topk",
     "sparsecore._sparsemap",
+    "sparsecore._sequence",
+    "sparsecore._dependency",
     "sparsecore_torch._functions",
     "sparsecore_torch._modules",
     "sparsecore_torch._marginalize",

@@ -12,10 +12,13 @@ import numpy as np
 import pytest
 from backends import assert_close, to_numpy
 from reference import (
+    all_dependency_trees,
+    all_sequences,
     along_axis,
     budget_projection,
     finite_difference_jacobian,
     random_separated_scores,
+    sparsemap_enumerated,
     sparsemax_bisect,
     sparsemax_jacobian,
     topk_sparsemax_bruteforce,
@@ -25,6 +28,8 @@ from sparsecore import (
     BitVector,
     Budget,
     Categorical,
+    DependencyTree,
+    Sequence,
     sparsemap,
     sparsemap_jvp,
     sparsemap_vjp,
@@ -142,6 +147,26 @@ def test_sparsemap_jvp_moves_the_marginals_like_finite_differences(make, structu
     g = rng.standard_normal(probs.shape)
     back = to_numpy(sparsemap_vjp(probs, atoms, make(g)))
     np.testing.assert_allclose(np.sum(to_numpy(tangent_probs) * g), np.sum(tangent * back), atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    ("structure", "atoms"),
+    [
+        (Sequence(3, 2), all_sequences(3, 2)),
+        (DependencyTree(3, projective=True), all_dependency_trees(3, projective=True)),
+        (DependencyTree(3), all_dependency_trees(3, projective=False)),
+    ],
+    ids=["sequence", "projective-tree", "tree"],
+)
+def test_sparsemap_jvp_on_sequences_and_trees(structure, atoms):
+    # Against finite differences of SparseMAP over the enumerated atoms (NNLS).
+    rng = np.random.default_rng(12)
+    t = rng.standard_normal((2, structure.dim))
+    tangent = rng.standard_normal((2, structure.dim))
+    probs, found = sparsemap(t, structure)
+    tangent_probs = sparsemap_jvp(probs, found, tangent)
+    expected = directional_difference(lambda x: sparsemap_enumerated(x, atoms), t, tangent)
+    np.testing.assert_allclose(np.einsum("...m,...md->...d", tangent_probs, found), expected, atol=1e-5)
 
 
 def test_jvp_special_rows(make):

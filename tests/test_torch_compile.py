@@ -16,7 +16,7 @@ import sparsecore_torch  # noqa: E402
 import torch  # noqa: E402
 from sparsecore_torch import _ops  # noqa: E402
 
-from sparsecore import BitVector, Budget, Categorical  # noqa: E402
+from sparsecore import BitVector, Budget, Categorical, DependencyTree, Sequence  # noqa: E402
 
 
 def scores(shape, seed=0, dtype=torch.float64, requires_grad=False):
@@ -153,6 +153,8 @@ def test_structure_keys():
     assert _ops.structure_key(Budget(6, 3)) == "Budget(size=6, budget=3)"
     assert _ops.structure_of("Budget(size=6, budget=3)") == Budget(6, 3)
     assert _ops.structure_of(_ops.structure_key(Categorical(4))) == Categorical(4)
+    for structure in (Sequence(3, 2), DependencyTree(4, projective=True)):
+        assert _ops._rebuild(_ops.structure_key(structure)) == structure
 
     @dataclasses.dataclass(frozen=True, eq=False)
     class Odd:

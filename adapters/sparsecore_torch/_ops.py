@@ -39,7 +39,10 @@ __all__ = ["structure_key", "structure_of"]
 _structures: dict[str, Any] = {}
 # The core's structures, rebuilt from their repr (frozen dataclasses whose
 # fields are numbers and booleans).
-_BUILTIN_STRUCTURES = {name: getattr(sparsecore, name) for name in ("BitVector", "Budget", "Categorical")}
+_BUILTIN_STRUCTURES = {
+    name: getattr(sparsecore, name)
+    for name in ("BitVector", "Budget", "Categorical", "DependencyTree", "Sequence")
+}
 
 
 def structure_key(structure: Any) -> str:
