@@ -142,13 +142,21 @@ def sparsemax_vjp(p: Any, g: Any, axis: int = -1) -> Any:
     >>> sparsemax_vjp(p, np.array([1.0, 2.0, 0.0]))
     array([ 0.,  1., -1.])
     """
-    xp = array_namespace(p, g)
-    check_floating(p, "p", xp=xp)
-    check_floating(g, "g", xp=xp)
-    if tuple(p.shape) != tuple(g.shape):
-        raise ValueError(f"g must have the shape of p, got g.shape={g.shape} and p.shape={p.shape}")
-    axis = normalize_axis(axis, p.ndim)
+    xp, axis = _check_linear_arguments(p, g, "g", axis)
     return sparsemax_vjp_checked(p, g, axis, xp=xp)
+
+
+def _check_linear_arguments(p: Any, other: Any, name: str, axis: Any) -> tuple[Any, int]:
+    """The namespace and the normalized ``axis`` of a VJP or JVP at ``p``,
+    whose vector ``other`` (called ``name``) must have ``p``'s shape."""
+    xp = array_namespace(p, other)
+    check_floating(p, "p", xp=xp)
+    check_floating(other, name, xp=xp)
+    if tuple(p.shape) != tuple(other.shape):
+        raise ValueError(
+            f"{name} must have the shape of p, got {name}.shape={other.shape} and p.shape={p.shape}"
+        )
+    return xp, normalize_axis(axis, p.ndim)
 
 
 def sparsemax_checked(s: Any, axis: int, nan_policy: str, *, xp: Any) -> Any:
@@ -545,12 +553,7 @@ def sparsemax_jvp(p: Any, v: Any, axis: int = -1) -> Any:
     >>> sparsemax_jvp(p, np.array([1.0, 2.0, 0.0]))
     array([ 0.,  1., -1.])
     """
-    xp = array_namespace(p, v)
-    check_floating(p, "p", xp=xp)
-    check_floating(v, "v", xp=xp)
-    if tuple(p.shape) != tuple(v.shape):
-        raise ValueError(f"v must have the shape of p, got v.shape={v.shape} and p.shape={p.shape}")
-    axis = normalize_axis(axis, p.ndim)
+    xp, axis = _check_linear_arguments(p, v, "v", axis)
     return sparsemax_jvp_checked(p, v, axis, xp=xp)
 
 

@@ -151,20 +151,21 @@ def _ready(*arrays: Any, xp: Any) -> tuple[Any, Any]:
 
 def sparsemax_kernel(s: Any, axis: int, nan_policy: str, *, xp: Any) -> Any | None:
     """Sparsemax of ``s`` along ``axis`` (validated) by a kernel, or ``None``."""
-    kernels, torch = _ready(s, xp=xp)
-    if kernels is None:
-        return None
-    if nan_policy == "raise":
-        raise_on_nan(s, "s", xp=xp)
-    scores = _Rows(s, axis, torch)
-    out, view = scores.empty()
-    if view.size:
-        kernels.sparsemax_rows(scores.rows, view, _threads(torch, kernels))
-    return scores.finish(out)
+    return _forward(s, axis, nan_policy, lambda kernels: kernels.sparsemax_rows, xp=xp)
 
 
 def topk_sparsemax_kernel(s: Any, k: int, axis: int, nan_policy: str, *, xp: Any) -> Any | None:
     """Top-k sparsemax of ``s`` along ``axis`` (validated) by a kernel, or ``None``."""
+
+    def rows_kernel(kernels: Any) -> Any:
+        return lambda rows, out, threads: kernels.topk_sparsemax_rows(rows, k, out, threads)
+
+    return _forward(s, axis, nan_policy, rows_kernel, xp=xp)
+
+
+def _forward(s: Any, axis: int, nan_policy: str, rows_kernel: Any, *, xp: Any) -> Any | None:
+    """A forward kernel ``rows_kernel(kernels)(rows, out, threads)`` on the
+    rows of ``s`` along ``axis``, or ``None`` where no kernel applies."""
     kernels, torch = _ready(s, xp=xp)
     if kernels is None:
         return None
@@ -173,7 +174,7 @@ def topk_sparsemax_kernel(s: Any, k: int, axis: int, nan_policy: str, *, xp: Any
     scores = _Rows(s, axis, torch)
     out, view = scores.empty()
     if view.size:
-        kernels.topk_sparsemax_rows(scores.rows, k, view, _threads(torch, kernels))
+        rows_kernel(kernels)(scores.rows, view, _threads(torch, kernels))
     return scores.finish(out)
 
 
