@@ -54,6 +54,7 @@ __all__ = [
     "parse_config",
     "resolve_device",
     "seed_everything",
+    "to_arguments",
     "train",
 ]
 
@@ -464,3 +465,16 @@ def parse_config(
         parser.add_argument(flag, type=convert, default=default, **extra)
     namespace = parser.parse_args(argv)
     return cls(**vars(namespace))
+
+
+def to_arguments(config: RunConfig) -> list[str]:
+    """The command-line options that :func:`parse_config` turns back into ``config``."""
+    arguments: list[str] = []
+    for field in dataclasses.fields(config):
+        flag = "--" + field.name.replace("_", "-")
+        value = getattr(config, field.name)
+        if isinstance(value, bool):
+            arguments.append(flag if value else "--no-" + flag[2:])
+        else:
+            arguments += [flag, "none" if value is None else str(value)]
+    return arguments

@@ -182,3 +182,33 @@ def test_one_process_uses_no_process_group(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "zero")
     with pytest.raises(ValueError, match="WORLD_SIZE"):
         distributed.world_size()
+
+
+@pytest.mark.parametrize("experiment", list(SETTINGS))
+def test_configs_round_trip_through_the_command_line(experiment, tmp_path):
+    from experiments import compare, harness
+
+    config_class = compare.EXPERIMENTS[experiment].config_class()
+    module = compare.EXPERIMENTS[experiment].load()
+    for settings in (
+        {},
+        module.SMALL_BUDGET,
+        {**SETTINGS[experiment], "resume": True, "max_train_examples": None},
+    ):
+        config = config_class(**settings, out_dir=str(tmp_path))
+        assert harness.parse_config(config_class, harness.to_arguments(config)) == config
+
+
+def test_compare_runs_each_method_on_two_processes(tmp_path, capsys):
+    from experiments import compare
+
+    overrides = {key: value for key, value in SETTINGS["bitvector"].items() if key != "method"}
+    overrides.update(progress=False, device="cpu", epochs=1)
+    table, results = compare.compare("bitvector", ["sparsemap", "sfe"], overrides, tmp_path, nproc=2)
+    assert [result["world_size"] for result in results.values()] == [2, 2]
+    assert "| sparsemap |" in table and "| sfe |" in table
+    # A finished method is reused, not retrained.
+    _, again = compare.compare("bitvector", ["sparsemap"], overrides, tmp_path, nproc=2)
+    assert again["sparsemap"] == results["sparsemap"]
+    with pytest.raises(ValueError, match="--nproc"):
+        compare.compare("bitvector", ["sparsemap"], overrides, tmp_path, nproc=0)
