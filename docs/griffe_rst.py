@@ -4,8 +4,8 @@ The docstrings follow numpydoc, whose prose is reStructuredText, and
 mkdocstrings renders prose as Markdown.  This extension rewrites the few
 constructs they use before rendering: ``.. math::`` blocks and ``:math:``
 roles become MathJax (``pymdownx.arithmatex``), cross-reference roles
-(``:func:`sparsemax```) become code, and citations (``.. [1] ...``) become
-list items.  The docstrings themselves stay numpydoc for ``help()`` and IDEs.
+(``:func:`sparsemax```) and double-backquoted literals become code, and
+citations (``.. [1] ...``) become list items.  The docstrings themselves stay numpydoc for ``help()`` and IDEs.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 import griffe
 
 ROLE = re.compile(r":(?:func|class|meth|data|mod|attr|obj):`~?([^`]+)`")
+LITERAL = re.compile(r"``([^`]+)``")
 MATH_ROLE = re.compile(r":math:`([^`]+)`")
 CITATION = re.compile(r"^(\s*)\.\. \[(\d+)\] ")
 
@@ -51,7 +52,8 @@ def to_markdown(text: str) -> str:
     lines = [CITATION.sub(lambda match: f"{match.group(1)}- [{match.group(2)}] ", line) for line in lines]
     text = "\n".join(lines)
     text = MATH_ROLE.sub(lambda match: r"\(" + match.group(1) + r"\)", text)
-    return ROLE.sub(lambda match: f"`{match.group(1)}`", text)
+    text = ROLE.sub(lambda match: f"`{match.group(1)}`", text)
+    return LITERAL.sub(lambda match: f"`{match.group(1)}`", text)
 
 
 class RstToMarkdown(griffe.Extension):
