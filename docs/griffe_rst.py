@@ -5,7 +5,8 @@ mkdocstrings renders prose as Markdown.  This extension rewrites the few
 constructs they use before rendering: ``.. math::`` blocks and ``:math:``
 roles become MathJax (``pymdownx.arithmatex``), cross-reference roles
 (``:func:`sparsemax```) and double-backquoted literals become code, and
-citations (``.. [1] ...``) become list items.  The docstrings themselves stay numpydoc for ``help()`` and IDEs.
+citations (``.. [1] ...``) become list items.  The docstrings themselves stay
+numpydoc for ``help()`` and IDEs.
 """
 
 from __future__ import annotations
