@@ -1,5 +1,6 @@
 # Two commands: `make compare` runs the main job (the experiments' comparison),
-# `make test` runs the tests; `make bench` runs the benchmarks.  Each creates
+# `make test` runs the tests; `make bench` runs the benchmarks and `make docs`
+# builds the documentation site into site/.  Each creates
 # its own virtual environment from pyproject.toml's extras, with torch pinned
 # to its CPU build by constraints.txt.
 
@@ -8,12 +9,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.sparsecore-deps
 
-.PHONY: test bench compare data lint typecheck install clean
+.PHONY: test bench compare data docs lint typecheck install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt '.[torch,jax,experiments,test,bench,dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt '.[torch,jax,experiments,test,bench,dev,docs]'
 	touch $(STAMP)
 
 # Tests run against the installed package, reinstalled from this tree.
@@ -44,12 +45,17 @@ compare: install data
 	GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296 \
 	  $(BIN)/python -m experiments.compare all
 
+# The documentation site (mkdocs.yml): --strict fails on a broken link, anchor
+# or API reference.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 lint: $(STAMP)
-	$(BIN)/ruff check sparsecore adapters experiments tests benchmarks
-	$(BIN)/ruff format --check sparsecore adapters experiments tests benchmarks
+	$(BIN)/ruff check sparsecore adapters experiments tests benchmarks docs/*.py
+	$(BIN)/ruff format --check sparsecore adapters experiments tests benchmarks docs/*.py
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) build dist .pytest_cache .hypothesis
+	rm -rf $(VENV) build dist site .pytest_cache .hypothesis
