@@ -23,7 +23,8 @@ With N processes:
   process; nothing waits on that number;
 * epoch metrics are combined exactly (losses weighted by examples, decoder
   calls summed, support sizes gathered), validation and test metrics are
-  computed on rank 0 and broadcast, so every process returns the same result;
+  computed on rank 0 and broadcast, so every process returns the same result
+  (the others wait for them, up to :data:`TIMEOUT`);
 * checkpoints, metrics, plots and ``result.json`` (which records
   ``world_size``) are written by rank 0 only, atomically; a killed run
   continues with ``--resume`` (every process reads rank 0's checkpoint);
@@ -35,6 +36,7 @@ With N processes:
 from __future__ import annotations
 
 import atexit
+import datetime
 import os
 import weakref
 from collections.abc import Callable, Sequence
@@ -46,6 +48,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
 __all__ = [
+    "TIMEOUT",
     "Replicated",
     "all_gather",
     "barrier",
@@ -63,6 +66,12 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+#: How long a process waits in a collective.  Rank 0 evaluates alone while the
+#: others wait for its metrics, and a test evaluation at the paper's budget
+#: (10,000 images, 1,024 importance samples each) takes far longer on a CPU
+#: than torch's default of 30 minutes.
+TIMEOUT = datetime.timedelta(hours=12)
 
 _REPLICAS: weakref.WeakKeyDictionary[torch.nn.Module, DistributedDataParallel] = weakref.WeakKeyDictionary()
 
@@ -117,7 +126,7 @@ def init_from_environment(device: torch.device) -> bool:
     if not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
         atexit.register(_destroy)
     return True
 
