@@ -33,8 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from experiments import harness
-from experiments.estimators import BITVECTOR_ESTIMATORS, Estimator, make_estimator
+from experiments import distributed, harness
+from experiments.estimators import BITVECTOR_ESTIMATORS, Estimator, EstimatorOutput, make_estimator
 
 __all__ = [
     "PAPER_BITS_PER_DIM",
@@ -344,15 +344,19 @@ class BitVectorExperiment:
 
     def train_step(self, batch: torch.Tensor, epoch: int) -> dict[str, Any]:
         images = self.data["train"][batch.to(self.device)]
-        scores = self.model.scores(images)
-        out = self.model.estimator(
-            scores, self.model.loss_fn(images), baseline_input=images.to(scores.dtype) / 255.0
-        )
+        out = distributed.forward(self.model, self._estimate, images)
         self.optimizer.zero_grad(set_to_none=True)
         out.surrogate.backward()
         self.optimizer.step()
         negative_elbo = out.loss - out.entropy + self.model.bits * math.log(2.0)
         return {"loss": float(negative_elbo.mean()), "calls": out.decoder_calls, "support": out.support}
+
+    def _estimate(self, images: torch.Tensor) -> EstimatorOutput:
+        """The estimator's output on a batch (the computation a training step backpropagates)."""
+        scores = self.model.scores(images)
+        return self.model.estimator(  # type: ignore[no-any-return]
+            scores, self.model.loss_fn(images), baseline_input=images.to(scores.dtype) / 255.0
+        )
 
     @torch.no_grad()
     def evaluate(self, split: str, *, samples: int | None = None) -> dict[str, float]:
@@ -408,7 +412,8 @@ def run(config: BitVectorConfig) -> dict[str, Any]:
 
     experiment = BitVectorExperiment(config)
     result = harness.train(experiment, config)
-    plots.run_plots(result, config.out_dir)
+    if distributed.is_main_process():
+        plots.run_plots(result, config.out_dir)
     return result
 
 
@@ -420,6 +425,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices={"method": BITVECTOR_ESTIMATORS, "dataset": ("fashion-mnist", "mnist", "synthetic")},
     )
     result = run(config)
+    if not distributed.is_main_process():
+        return 0
     test = result["test"]
     print(
         f"{config.method}: test NLL {test.get('nll_bits_per_dim', float('nan')):.3f} bits/dim, "

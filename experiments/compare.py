@@ -11,7 +11,8 @@ comparison table ``table.md`` (also printed) and the comparison plots
 (learning curves, decoder calls per epoch, and for the bit-vector VAE the
 rate-distortion plane).  Methods already finished in ``--out-dir`` are
 reused with ``--resume``, so an interrupted comparison continues where it
-stopped.
+stopped.  ``--nproc N`` runs each method under ``torchrun`` with N processes
+(data-parallel, see ``experiments.distributed``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import argparse
 import dataclasses
 import importlib
 import json
+import os
+import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -143,12 +146,54 @@ def markdown_table(
     return "\n".join(lines) + "\n"
 
 
+def run_method(spec: ExperimentSpec, config: Any, nproc: int = 1) -> dict[str, Any]:
+    """Train one method: in this process, or under ``torchrun`` with ``nproc`` processes.
+
+    With several processes the experiment's command line runs as
+    ``python -m torch.distributed.run --standalone --nproc_per_node=N -m
+    experiments.<module> <config as options>``; its ``result.json`` is the result.
+    """
+    from experiments import harness
+
+    if nproc == 1:
+        return spec.load().run(config)  # type: ignore[no-any-return]
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        f"experiments.{spec.module}",
+        *harness.to_arguments(config),
+    ]
+    completed = subprocess.run(command, env=env, check=False)
+    if completed.returncode != 0:
+        raise RuntimeError(
+            f"{config.method}: torchrun with {nproc} processes failed (exit code {completed.returncode}); "
+            f"its output is above, the command was: {' '.join(command)}"
+        )
+    return json.loads((Path(config.out_dir) / "result.json").read_text())  # type: ignore[no-any-return]
+
+
 def compare(
-    name: str, methods: Sequence[str] | None, overrides: Mapping[str, Any], out_dir: Path
+    name: str,
+    methods: Sequence[str] | None,
+    overrides: Mapping[str, Any],
+    out_dir: Path,
+    nproc: int = 1,
 ) -> tuple[str, dict[str, Any]]:
-    """Run ``methods`` of experiment ``name`` with one budget; write the table and plots."""
+    """Run ``methods`` of experiment ``name`` with one budget; write the table and plots.
+
+    ``nproc`` > 1 trains each method under ``torchrun`` with that many processes.
+    """
     from experiments import plots
 
+    if nproc < 1:
+        raise ValueError(f"--nproc must be >= 1, got {nproc}")
     spec = EXPERIMENTS[name]
     module = spec.load()
     config_class = spec.config_class()
@@ -170,7 +215,7 @@ def compare(
             if saved["config"] == dataclasses.asdict(config):
                 results[method] = saved
                 continue
-        results[method] = module.run(dataclasses.replace(config, resume=True))
+        results[method] = run_method(spec, dataclasses.replace(config, resume=True), nproc)
     paper = spec.paper(base_config) if base_config is not None else {}
     table = markdown_table(results, module.TABLE_COLUMNS, paper, spec.paper_header)
     experiment_dir.mkdir(parents=True, exist_ok=True)
@@ -199,8 +244,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("experiment", choices=[*EXPERIMENTS, "all"])
     parser.add_argument("--methods", nargs="+", help="a subset of the methods (default: all)")
-    parser.add_argument("--out-dir", default="runs/compare")
+    parser.add_argument("--out-dir", default="runs/compare", help="where results go (default: %(default)s)")
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="processes per method: N > 1 runs each method under torchrun, data-parallel (default: 1)",
+    )
     args, rest = parser.parse_known_args(argv)
+    if args.nproc < 1:
+        parser.error(f"--nproc must be >= 1, got {args.nproc}")
     # Every other --option is a field of the experiment's config (--epochs 5, --bits 128, ...).
     overrides: dict[str, Any] = {}
     index = 0
@@ -229,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         methods = args.methods
         if args.experiment == "all" and methods:
             methods = [method for method in methods if method in EXPERIMENTS[name].methods()]
-        table, _ = compare(name, methods, known, Path(args.out_dir))
+        table, _ = compare(name, methods, known, Path(args.out_dir), args.nproc)
         print(f"\n## {name}\n\n{table}")
         print(f"table and plots in {Path(args.out_dir) / name}")
     return 0

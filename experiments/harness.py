@@ -15,7 +15,9 @@ way for every experiment:
   generator states, metrics so far), so that a killed run continued with
   ``--resume`` ends with the same result as an uninterrupted one;
 * a clear error as soon as a loss is NaN or infinite;
-* device selection (``--device auto`` picks CUDA when available).
+* device selection (``--device auto`` picks CUDA when available);
+* data-parallel training on several processes when started by ``torchrun``
+  (see :mod:`experiments.distributed`); on one process nothing changes.
 
 :func:`parse_config` turns any config dataclass into a command line.
 """
@@ -41,6 +43,8 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 import torch
 
+from experiments import distributed
+
 __all__ = [
     "Experiment",
     "RunConfig",
@@ -50,6 +54,7 @@ __all__ = [
     "parse_config",
     "resolve_device",
     "seed_everything",
+    "to_arguments",
     "train",
 ]
 
@@ -136,11 +141,11 @@ class Experiment(Protocol):
 def resolve_device(name: str) -> torch.device:
     """``auto`` means CUDA when available, else CPU; a CUDA request without CUDA is an error."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return distributed.local_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
-    return device
+    return distributed.local_device(device)
 
 
 def seed_everything(seed: int) -> None:
@@ -238,99 +243,177 @@ def _progress(iterable: Iterable[Any], enabled: bool, **kwargs: Any) -> Iterator
     yield from tqdm(iterable, leave=False, dynamic_ncols=True, file=sys.stderr, **kwargs)
 
 
+def _model_device(model: torch.nn.Module) -> torch.device:
+    for tensor in [*model.parameters(), *model.buffers()]:
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _epoch_summary(
+    losses: list[tuple[float, int]], supports: list[torch.Tensor], rows: int, examples: int, parallel: bool
+) -> dict[str, Any]:
+    """Training metrics of one epoch; on several processes, combined over all of them exactly.
+
+    ``losses`` holds each step's mean loss and its example count: the
+    epoch's loss is the mean over steps of each global batch's mean (one
+    process's per-step means weighted by their examples); decoder calls and
+    examples are summed, support sizes gathered, never averages of averages.
+    """
+    if parallel:
+        mine = (losses, torch.cat(supports) if supports else torch.zeros(0), rows, examples)
+        gathered = distributed.all_gather(mine)
+        steps = len(losses)
+        losses = []
+        for step in range(steps):
+            total = sum(part[0][step][0] * part[0][step][1] for part in gathered)
+            count = sum(part[0][step][1] for part in gathered)
+            losses.append((total / max(count, 1), count))
+        supports = [part[1] for part in gathered]
+        rows = sum(part[2] for part in gathered)
+        examples = sum(part[3] for part in gathered)
+    support = torch.cat(supports) if supports else torch.zeros(0)
+    return {
+        "train_loss": float(np.mean([loss for loss, _ in losses])) if losses else float("nan"),
+        **calls_summary(support),
+        "rows_decoded_per_example": rows / max(examples, 1),
+    }
+
+
+def _resume(
+    experiment: Experiment, config: RunConfig, processes: int
+) -> tuple[list[dict[str, Any]], int, float]:
+    """Load ``out_dir``'s checkpoint into ``experiment``: ``(history, next epoch, seconds so far)``."""
+    out_dir = Path(config.out_dir)
+    checkpoint = torch.load(out_dir / CHECKPOINT, map_location="cpu", weights_only=False)
+    if checkpoint["config"] != dataclasses.asdict(config) | {"resume": checkpoint["config"]["resume"]}:
+        raise ValueError(
+            f"--resume: the checkpoint in {out_dir} was written by a run with another config; "
+            "use the same arguments, or another --out-dir"
+        )
+    written_by = checkpoint.get("world_size", 1)
+    if written_by != processes:
+        raise ValueError(
+            f"--resume: the checkpoint in {out_dir} was written by {written_by} process(es), this run "
+            f"has {processes}; resume with the same number of processes"
+        )
+    experiment.model.load_state_dict(checkpoint["model"])
+    experiment.optimizer.load_state_dict(checkpoint["optimizer"])
+    _set_rng_state(checkpoint["rng"])
+    return checkpoint["history"], checkpoint["epoch"] + 1, checkpoint["elapsed"]
+
+
+def _evaluate(experiment: Experiment, split: str, parallel: bool) -> dict[str, float]:
+    """``split``'s metrics, computed by rank 0 and broadcast when several processes train."""
+    experiment.model.eval()
+    metrics: dict[str, float] = {}
+    if distributed.is_main_process():
+        with torch.no_grad():
+            metrics = experiment.evaluate(split)
+    return distributed.broadcast(metrics) if parallel else metrics
+
+
+def _train_epoch(experiment: Experiment, config: RunConfig, epoch: int, parallel: bool) -> dict[str, Any]:
+    """One pass over the training batches (this process's shard of each); the epoch's training metrics."""
+    processes, process = distributed.world_size(), distributed.rank()
+    experiment.model.train()
+    if parallel:
+        seed_everything(distributed.epoch_seed(config.seed, epoch, process))
+    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+    batches = experiment.train_batches(generator)
+    shown = config.progress and distributed.is_main_process()
+    losses: list[tuple[float, int]] = []
+    supports: list[torch.Tensor] = []
+    rows, examples = 0, 0
+    for step, batch in enumerate(_progress(batches, shown, desc=f"epoch {epoch}", unit="batch")):
+        out = experiment.train_step(distributed.shard(batch, process, processes), epoch)
+        loss = float(out["loss"])
+        if not math.isfinite(loss):
+            raise TrainingDiverged(
+                f"{config.method}: the training loss is {loss} at epoch {epoch}, step {step}; "
+                f"try a smaller --lr (now {config.lr}) or another --seed"
+            )
+        losses.append((loss, int(out["support"].shape[0])))
+        supports.append(out["support"].detach().cpu())
+        rows += int(out["calls"])
+        examples += int(out["support"].shape[0])
+    return _epoch_summary(losses, supports, rows, examples, parallel)
+
+
 def train(experiment: Experiment, config: RunConfig) -> dict[str, Any]:
     """Train ``experiment`` for ``config.epochs``, checkpointing every epoch; evaluate on test.
 
     Returns the result (also written to ``out_dir/result.json``): the config,
-    the per-epoch history, the test metrics and the training time.
+    the per-epoch history, the test metrics, the training time and the
+    number of processes (``world_size``).  Started by ``torchrun`` with
+    several processes, it trains data-parallel (see
+    :mod:`experiments.distributed`); every process returns the same result
+    and only rank 0 writes files.
 
     Raises
     ------
     TrainingDiverged
         As soon as a training loss is NaN or infinite.
     """
+    device = _model_device(experiment.model)
+    parallel = distributed.init_from_environment(device)
+    processes = distributed.world_size()
+    writer = distributed.is_main_process()
     out_dir = Path(config.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if writer:
+        out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path = out_dir / CHECKPOINT
     history: list[dict[str, Any]] = []
-    start_epoch = 0
-    elapsed = 0.0
+    start_epoch, elapsed = 0, 0.0
     if config.resume and checkpoint_path.exists():
-        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-        if checkpoint["config"] != dataclasses.asdict(config) | {"resume": checkpoint["config"]["resume"]}:
-            raise ValueError(
-                f"--resume: the checkpoint in {out_dir} was written by a run with another config; "
-                "use the same arguments, or another --out-dir"
-            )
-        experiment.model.load_state_dict(checkpoint["model"])
-        experiment.optimizer.load_state_dict(checkpoint["optimizer"])
-        _set_rng_state(checkpoint["rng"])
-        history = checkpoint["history"]
-        start_epoch = checkpoint["epoch"] + 1
-        elapsed = checkpoint["elapsed"]
-    elif checkpoint_path.exists() and not config.resume:
+        history, start_epoch, elapsed = _resume(experiment, config, processes)
+    elif writer and checkpoint_path.exists():
         checkpoint_path.unlink()
-
-    epochs = _progress(range(start_epoch, config.epochs), config.progress, desc=config.method, unit="epoch")
-    for epoch in epochs:
-        began = time.perf_counter()
-        experiment.model.train()
-        generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-        batches = experiment.train_batches(generator)
-        losses, supports, rows, examples = [], [], 0, 0
-        for step, batch in enumerate(
-            _progress(batches, config.progress, desc=f"epoch {epoch}", unit="batch")
+    if parallel:
+        # Every process has read the checkpoint before rank 0 may overwrite it.
+        distributed.barrier()
+        distributed.replicate(experiment.model, device)
+    try:
+        for epoch in _progress(
+            range(start_epoch, config.epochs), config.progress and writer, desc=config.method, unit="epoch"
         ):
-            out = experiment.train_step(batch, epoch)
-            loss = float(out["loss"])
-            if not math.isfinite(loss):
-                raise TrainingDiverged(
-                    f"{config.method}: the training loss is {loss} at epoch {epoch}, step {step}; "
-                    f"try a smaller --lr (now {config.lr}) or another --seed"
-                )
-            losses.append(loss)
-            supports.append(out["support"].detach().cpu())
-            rows += int(out["calls"])
-            examples += int(out["support"].shape[0])
-        train_time = time.perf_counter() - began
-        support = torch.cat(supports) if supports else torch.zeros(0)
-        experiment.model.eval()
-        with torch.no_grad():
-            valid = experiment.evaluate("valid")
-        elapsed += time.perf_counter() - began
-        row: dict[str, Any] = {
-            "epoch": epoch,
-            "train_loss": float(np.mean(losses)) if losses else float("nan"),
-            **calls_summary(support),
-            "rows_decoded_per_example": rows / max(examples, 1),
-            **{f"valid_{key}": value for key, value in valid.items()},
-            "epoch_seconds": train_time,
-        }
-        history.append(row)
-        _write_metrics(out_dir, history)
-        atomic_save(
-            {
-                "config": dataclasses.asdict(config),
-                "epoch": epoch,
-                "model": experiment.model.state_dict(),
-                "optimizer": experiment.optimizer.state_dict(),
-                "rng": _rng_state(),
-                "history": history,
-                "elapsed": elapsed,
-            },
-            checkpoint_path,
-        )
+            began = time.perf_counter()
+            summary = _train_epoch(experiment, config, epoch, parallel)
+            train_time = time.perf_counter() - began
+            valid = _evaluate(experiment, "valid", parallel)
+            elapsed += time.perf_counter() - began
+            history.append(
+                {
+                    "epoch": epoch,
+                    **summary,
+                    **{f"valid_{key}": value for key, value in valid.items()},
+                    "epoch_seconds": train_time,
+                }
+            )
+            if writer:
+                _write_metrics(out_dir, history)
+                checkpoint = {
+                    "config": dataclasses.asdict(config),
+                    "epoch": epoch,
+                    "model": experiment.model.state_dict(),
+                    "optimizer": experiment.optimizer.state_dict(),
+                    "rng": _rng_state(),
+                    "history": history,
+                    "elapsed": elapsed,
+                    "world_size": processes,
+                }
+                atomic_save(checkpoint, checkpoint_path)
+    finally:
+        distributed.unreplicate(experiment.model)
 
-    experiment.model.eval()
-    with torch.no_grad():
-        test = experiment.evaluate("test")
     result = {
         "config": dataclasses.asdict(config),
         "history": history,
-        "test": test,
+        "test": _evaluate(experiment, "test", parallel),
         "train_seconds": elapsed,
+        "world_size": processes,
     }
-    _atomic_write_text(out_dir / RESULT_JSON, json.dumps(result, indent=2) + "\n")
+    if writer:
+        _atomic_write_text(out_dir / RESULT_JSON, json.dumps(result, indent=2) + "\n")
     return result
 
 
@@ -382,3 +465,16 @@ def parse_config(
         parser.add_argument(flag, type=convert, default=default, **extra)
     namespace = parser.parse_args(argv)
     return cls(**vars(namespace))
+
+
+def to_arguments(config: RunConfig) -> list[str]:
+    """The command-line options that :func:`parse_config` turns back into ``config``."""
+    arguments: list[str] = []
+    for field in dataclasses.fields(config):
+        flag = "--" + field.name.replace("_", "-")
+        value = getattr(config, field.name)
+        if isinstance(value, bool):
+            arguments.append(flag if value else "--no-" + flag[2:])
+        else:
+            arguments += [flag, "none" if value is None else str(value)]
+    return arguments

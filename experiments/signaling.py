@@ -76,9 +76,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from experiments import harness
+from experiments import distributed, harness
 from experiments.data import DataError
-from experiments.estimators import Estimator, make_estimator
+from experiments.estimators import Estimator, EstimatorOutput, make_estimator
 
 __all__ = [
     "ENTROPY_WEIGHTS",
@@ -729,13 +729,22 @@ class SignalingExperiment:
         images = batch.images.to(self.device)
         target = batch.target.to(self.device)
         sender_input = features[batch.target_images().to(self.device)]
-        scores = model.sender(sender_input)
-        candidates = model.receiver.candidates(features[images])
-        out = model.estimator(scores, model.loss_fn(candidates, target), baseline_input=sender_input)
+        out = distributed.forward(model, self._estimate, sender_input, features[images], target)
         self.optimizer.zero_grad(set_to_none=True)
         out.surrogate.backward()
         self.optimizer.step()
         return {"loss": float(out.loss.mean()), "calls": out.decoder_calls, "support": out.support}
+
+    def _estimate(
+        self, sender_input: torch.Tensor, candidate_features: torch.Tensor, target: torch.Tensor
+    ) -> EstimatorOutput:
+        """The estimator's output on a batch of games (the computation a training step backpropagates)."""
+        model = self.model
+        scores = model.sender(sender_input)
+        candidates = model.receiver.candidates(candidate_features)
+        return model.estimator(  # type: ignore[no-any-return]
+            scores, model.loss_fn(candidates, target), baseline_input=sender_input
+        )
 
     @torch.no_grad()
     def evaluate(self, split: str) -> dict[str, float]:
@@ -785,7 +794,8 @@ def run(config: SignalingConfig) -> dict[str, Any]:
 
     experiment = SignalingExperiment(config)
     result = harness.train(experiment, config)
-    plots.run_plots(result, config.out_dir)
+    if distributed.is_main_process():
+        plots.run_plots(result, config.out_dir)
     return result
 
 
@@ -803,6 +813,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
     )
     result = run(config)
+    if not distributed.is_main_process():
+        return 0
     test = result["test"]
     history = result["history"]
     calls = float(np.mean([row["rows_decoded_per_example"] for row in history])) if history else float("nan")

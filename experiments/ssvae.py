@@ -99,7 +99,7 @@ import sparsecore_torch
 import torch
 import torch.nn.functional as F
 
-from experiments import data, harness
+from experiments import data, distributed, harness
 from experiments.estimators import CATEGORICAL_ESTIMATORS, Estimator, make_estimator
 
 __all__ = [
@@ -597,8 +597,19 @@ class SemiSupervisedExperiment:
         image) and ``support`` (classes decoded per unlabeled image; per
         labeled image, i.e. ones, during the warm start).
         """
-        config, model = self.config, self.model
         labeled, unlabeled = (index.to(self.device) for index in batch)
+        step = distributed.forward(self.model, self._objective, labeled, unlabeled)
+        objective, value, calls, support = step
+        self.optimizer.zero_grad(set_to_none=True)
+        objective.backward()
+        self.optimizer.step()
+        return {"loss": float(value), "calls": calls, "support": support}
+
+    def _objective(
+        self, labeled: torch.Tensor, unlabeled: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]:
+        """``(objective, its value, calls, support)`` of a step (what the step backpropagates)."""
+        config, model = self.config, self.model
         log_classes = math.log(CLASSES)
         images = self._binarize(self.data.train_images[labeled])
         labels = self.data.train_labels[labeled]
@@ -619,10 +630,7 @@ class SemiSupervisedExperiment:
             value = value + config.unlabeled_weight * unlabeled_loss
             calls += out.decoder_calls
             support = out.support
-        self.optimizer.zero_grad(set_to_none=True)
-        objective.backward()
-        self.optimizer.step()
-        return {"loss": float(value), "calls": calls, "support": support}
+        return objective, value, calls, support
 
     @torch.no_grad()
     def evaluate(self, split: str) -> dict[str, float]:
@@ -719,8 +727,9 @@ def run(config: SemiSupervisedConfig) -> dict[str, Any]:
     if warmup is not None:
         result["warmup"] = {key: warmup[key] for key in ("history", "test", "train_seconds")}
         result["train_seconds"] += warmup["train_seconds"]
-    _write_json(Path(config.out_dir) / harness.RESULT_JSON, result)
-    plots.run_plots(result, config.out_dir)
+    if distributed.is_main_process():
+        _write_json(Path(config.out_dir) / harness.RESULT_JSON, result)
+        plots.run_plots(result, config.out_dir)
     return result
 
 
@@ -737,6 +746,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
     )
     result = run(config)
+    if not distributed.is_main_process():
+        return 0
     test = result["test"]
     history = result["history"]
     calls = float(np.mean([row["calls_mean"] for row in history])) if history else float("nan")
