@@ -40,12 +40,12 @@ import datetime
 import os
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler
 
 __all__ = [
     "TIMEOUT",
@@ -188,7 +188,10 @@ def forward(model: torch.nn.Module, fn: Callable[..., T], *args: Any, **kwargs: 
 
 
 def _positions(count: int, process: int, processes: int) -> list[int]:
-    sampler = DistributedSampler(range(count), num_replicas=processes, rank=process, shuffle=False)
+    rows = cast("Dataset[int]", range(count))
+    sampler: DistributedSampler[int] = DistributedSampler(
+        rows, num_replicas=processes, rank=process, shuffle=False
+    )
     return list(sampler)
 
 
