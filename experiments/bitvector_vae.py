@@ -301,6 +301,10 @@ def synthetic_images(count: int, seed: int) -> np.ndarray:
 class BitVectorExperiment:
     """The bit-vector VAE behind the harness's :class:`~experiments.harness.Experiment` protocol."""
 
+    #: Under torchrun every process evaluates its part of the images (the
+    #: test likelihood's importance samples are most of a short run's time).
+    shares_evaluation = True
+
     def __init__(self, config: BitVectorConfig) -> None:
         if config.method not in BITVECTOR_ESTIMATORS:
             raise ValueError(
@@ -369,7 +373,9 @@ class BitVectorExperiment:
         model = self.model
         images_all = self.data[split]
         distortion, entropy, support, log_px = [], [], [], []
-        for start, stop in _chunks(images_all.shape[0], config.eval_batch_size):
+        # Under torchrun every process evaluates every so-many chunk (see shares_evaluation).
+        process, processes = distributed.sharing()
+        for start, stop in _chunks(images_all.shape[0], config.eval_batch_size)[process::processes]:
             images = images_all[start:stop]
             scores = model.scores(images)
             if model.is_sparse():
@@ -392,17 +398,18 @@ class BitVectorExperiment:
                 support.append(torch.ones(images.shape[0], dtype=nll.dtype, device=nll.device))
             if split == "test":
                 log_px.append(log_likelihood(model, images, samples or config.importance_samples))
-        distortion_mean = float(torch.cat(distortion).mean())
-        entropy_mean = float(torch.cat(entropy).mean())
+        distortion_mean = float(distributed.gather_rows(distortion).mean())
+        entropy_mean = float(distributed.gather_rows(entropy).mean())
         rate = model.bits * math.log(2.0) - entropy_mean
         metrics = {
             "negative_elbo": distortion_mean + rate,
             "rate": rate,
             "distortion": distortion_mean,
-            "support_mean": float(torch.cat(support).mean()),
+            "support_mean": float(distributed.gather_rows(support).mean()),
         }
-        if log_px:
-            metrics["nll_bits_per_dim"] = float(-torch.cat(log_px).mean() / (PIXELS * math.log(2.0)))
+        if split == "test":
+            log_px_all = distributed.gather_rows(log_px)
+            metrics["nll_bits_per_dim"] = float(-log_px_all.mean() / (PIXELS * math.log(2.0)))
         return metrics
 
 

@@ -22,9 +22,11 @@ With N processes:
   Sparse marginalization decodes a different number of rows on each
   process; nothing waits on that number;
 * epoch metrics are combined exactly (losses weighted by examples, decoder
-  calls summed, support sizes gathered), validation and test metrics are
-  computed on rank 0 and broadcast, so every process returns the same result
-  (the others wait for them, up to :data:`TIMEOUT`);
+  calls summed, support sizes gathered); validation and test metrics are
+  computed on rank 0 (the others wait, up to :data:`TIMEOUT`), or split
+  across the processes by experiments that say they can (the bit-vector
+  VAE, whose test likelihood is the costly part), and broadcast from rank
+  0, so every process returns the same result;
 * checkpoints, metrics, plots and ``result.json`` (which records
   ``world_size``) are written by rank 0 only, atomically; a killed run
   continues with ``--resume`` (every process reads rank 0's checkpoint);
@@ -55,12 +57,14 @@ __all__ = [
     "broadcast",
     "epoch_seed",
     "forward",
+    "gather_rows",
     "init_from_environment",
     "is_main_process",
     "local_device",
     "rank",
     "replicate",
     "shard",
+    "sharing",
     "unreplicate",
     "world_size",
 ]
@@ -219,6 +223,33 @@ def shard(batch: Any, process: int, processes: int) -> Any:
 def epoch_seed(seed: int, epoch: int, process: int) -> int:
     """The seed of ``process``'s random generators during ``epoch`` (distinct per process and epoch)."""
     return (seed * 1_000_003 + epoch) * 10_007 + process
+
+
+def sharing() -> tuple[int, int]:
+    """``(rank, processes)`` while several processes train together, else ``(0, 1)``.
+
+    An experiment whose evaluation is split across the processes (see
+    ``Experiment.shares_evaluation`` in :mod:`experiments.harness`) takes
+    its part of the examples by this and joins the parts with
+    :func:`gather_rows`.
+    """
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_rows(parts: Sequence[torch.Tensor], dtype: torch.dtype | None = None) -> torch.Tensor:
+    """This process's per-example values (``parts``, concatenated) followed by the others', in rank order.
+
+    Every process must call it (a process with no examples passes no
+    parts).  On one process it is ``torch.cat(parts)``.  The result is on
+    the CPU when several processes take part.
+    """
+    dtype = dtype or torch.get_default_dtype()
+    mine = torch.cat(list(parts)) if parts else torch.zeros(0, dtype=dtype)
+    if sharing()[1] == 1:
+        return mine
+    return torch.cat([part.to(mine.dtype) for part in all_gather(mine.cpu())])
 
 
 def barrier() -> None:

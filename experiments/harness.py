@@ -134,7 +134,14 @@ class Experiment(Protocol):
         ...
 
     def evaluate(self, split: str) -> dict[str, float]:
-        """Metrics on ``split`` (``"valid"`` or ``"test"``)."""
+        """Metrics on ``split`` (``"valid"`` or ``"test"``).
+
+        On several processes only rank 0 calls it, unless the experiment
+        has a true ``shares_evaluation`` attribute: then every process
+        does, evaluates the examples ``experiments.distributed.sharing()``
+        gives it, and joins per-example values with
+        ``experiments.distributed.gather_rows``.
+        """
         ...
 
 
@@ -303,10 +310,15 @@ def _resume(
 
 
 def _evaluate(experiment: Experiment, split: str, parallel: bool) -> dict[str, float]:
-    """``split``'s metrics, computed by rank 0 and broadcast when several processes train."""
+    """``split``'s metrics; on several processes, rank 0's, broadcast.
+
+    Rank 0 evaluates alone, unless the experiment's ``shares_evaluation``
+    is true: then every process evaluates its part of the examples (see
+    :func:`experiments.distributed.sharing`).
+    """
     experiment.model.eval()
     metrics: dict[str, float] = {}
-    if distributed.is_main_process():
+    if distributed.is_main_process() or getattr(experiment, "shares_evaluation", False):
         with torch.no_grad():
             metrics = experiment.evaluate(split)
     return distributed.broadcast(metrics) if parallel else metrics
