@@ -364,37 +364,44 @@ def test_kernels_compile_for_a_gpu_target():
     assert "compiled" in result.stdout
 
 
-def test_cuda_graph_capture(kernels, device):
+@pytest.mark.parametrize("case", ["sparsemax", "topk-tiled"])
+def test_cuda_graph_capture(kernels, device, case):
     """Forward and backward replay from a CUDA graph: no host read and no
-    launch count that depends on the data (CUDA only)."""
+    launch count that depends on the data (CUDA only); top-k on rows longer
+    than ``ONCHIP_MAX`` (the tiled kernels)."""
     import sparsecore_torch
     import torch
 
     if device != "cuda":
         pytest.skip("CUDA graphs need CUDA tensors")
-    scores = scores_for(300, 64, 9, torch.float32, device)
-    cotangent = torch.randn(64, 300, device=device)
+    if case == "sparsemax":
+        rows, size, function = 64, 300, sparsecore_torch.sparsemax
+    else:
+        rows, size = 8, kernels.ONCHIP_MAX + 100
+
+        def function(x):
+            return sparsecore_torch.topk_sparsemax(x, 16)
+
+    scores = scores_for(size, rows, 9, torch.float32, device)
+    cotangent = torch.randn(rows, size, device=device)
     scores.requires_grad_(True)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):  # warm-up (compiles the kernels) off the capture
-        sparsecore_torch.sparsemax(scores).backward(cotangent)
+        function(scores).backward(cotangent)
     torch.cuda.current_stream().wait_stream(stream)
     scores.grad = None
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        probs = sparsecore_torch.sparsemax(scores)
+        probs = function(scores)
         (grad,) = torch.autograd.grad(probs, scores, cotangent)
-    new_scores = scores_for(300, 64, 10, torch.float32, device)
+    new_scores = scores_for(size, rows, 10, torch.float32, device)
     with torch.no_grad():
         scores.copy_(new_scores)
     graph.replay()
     torch.cuda.synchronize()
-    expected = reference_path(sparsecore_torch.sparsemax, new_scores)
-    torch.testing.assert_close(probs, expected)
-    torch.testing.assert_close(
-        grad, reference_path(grad_of, sparsecore_torch.sparsemax, new_scores, cotangent)
-    )
+    torch.testing.assert_close(probs, reference_path(function, new_scores))
+    torch.testing.assert_close(grad, reference_path(grad_of, function, new_scores, cotangent))
 
 
 def test_torch_func_transforms_match_the_reference():
