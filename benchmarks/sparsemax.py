@@ -19,8 +19,10 @@ fresh processes.
     python benchmarks/sparsemax.py --floor         # lower bounds in PyTorch and JAX
 
 On the GPU the table also has float32 and bfloat16, the shape 4096x32768,
-and the achieved memory bandwidth as a share of the device's peak at the two
-largest shapes (``--peak-gbps`` when the device is not in PEAK_GBPS).
+top-k sparsemax on the reference path beside its Triton kernels (the tiled
+kernel at 16x65536 and 4096x32768), and the achieved memory bandwidth as a
+share of the device's peak at the two largest shapes (``--peak-gbps`` when
+the device is not in PEAK_GBPS).
 """
 
 from __future__ import annotations
@@ -146,6 +148,11 @@ def torch_rows(
     }
     if gpu:
         del methods["entmax.sparsemax_bisect"]
+        # Top-k on the reference path too: against the Triton kernels (rows of
+        # more than 16,384 entries take the tiled one, 16x65536 and 4096x32768).
+        methods[f"sparsecore_torch.topk_sparsemax(k={partial_k}) (reference path)"] = methods[
+            f"sparsecore_torch.topk_sparsemax(k={partial_k})"
+        ]
     return time_torch(methods, s, g, budget, sync)
 
 

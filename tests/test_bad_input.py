@@ -121,7 +121,7 @@ def api(request: pytest.FixtureRequest):
     name = request.param
     if name.startswith("torch-triton"):
         with backend_context("torch"), triton_context() as device:
-            if name.endswith("tiled"):  # rows over tiles of 2 (top-k: the reference)
+            if name.endswith("tiled"):  # rows over tiles of 2
                 monkeypatch = request.getfixturevalue("monkeypatch")
                 from sparsecore_torch import _gpu
 

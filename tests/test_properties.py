@@ -1,10 +1,14 @@
 """Property-based tests (hypothesis) on NumPy and PyTorch, float64.
 
 ``torch-triton`` runs the PyTorch adapter on its Triton kernels (marked
-``triton``; see ``triton_support.py``).
+``triton``; see ``triton_support.py``), ``torch-triton-tiled`` the same with
+rows of more than 4 entries over tiles (the kernels for long rows).
 """
 
 from __future__ import annotations
+
+import contextlib
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -37,11 +41,18 @@ unique_rows = st.integers(1, 8).flatmap(
 
 def call(library: str, name: str, s: np.ndarray, *args, axis: int = -1) -> np.ndarray:
     """Run mapping ``name`` of ``library`` on NumPy data and read the result back."""
-    if library == "torch-triton":
-        with triton_context() as device:
+    if library.startswith("torch-triton"):
+        with triton_context() as device, contextlib.ExitStack() as stack:
             import sparsecore_torch
             import torch
+            from sparsecore_torch import _gpu
 
+            if library.endswith("tiled"):
+                # Rows of more than 4 entries over tiles of 4 (of 16 from 32
+                # entries on: the interpreter's time grows with the tile count).
+                tile = 4 if s.shape[axis] < 32 else 16
+                stack.enter_context(mock.patch.object(_gpu.triton_kernels(), "ONCHIP_MAX", 4))
+                stack.enter_context(mock.patch.object(_gpu.triton_kernels(), "TILE", tile))
             function = getattr(sparsecore_torch, name)
             return to_numpy(function(torch.tensor(s, device=device), *args, dim=axis))
     require_backend(library)
@@ -56,7 +67,13 @@ def call(library: str, name: str, s: np.ndarray, *args, axis: int = -1) -> np.nd
 
 # A parametrization, not a fixture: hypothesis reruns the body, not fixtures.
 libraries = pytest.mark.parametrize(
-    "library_name", ["numpy", "torch", pytest.param("torch-triton", marks=pytest.mark.triton)]
+    "library_name",
+    [
+        "numpy",
+        "torch",
+        pytest.param("torch-triton", marks=pytest.mark.triton),
+        pytest.param("torch-triton-tiled", marks=pytest.mark.triton),
+    ],
 )
 
 

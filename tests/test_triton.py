@@ -107,8 +107,7 @@ def test_float64_matches_independent_references(kernels, layout, device, size):
         np.testing.assert_allclose(to_numpy(top), topk_sparsemax_bruteforce(data, k), rtol=0, atol=1e-12)
     assert kernels.calls["sparsemax_forward_rows"] >= 1
     assert kernels.calls["sparsemax_backward_rows"] >= 1
-    if layout == "onchip":
-        assert kernels.calls["topk_sparsemax_forward_rows"] >= 1
+    assert kernels.calls["topk_sparsemax_forward_rows"] >= 1
 
 
 @pytest.mark.parametrize(
@@ -132,14 +131,96 @@ def test_low_precision_matches_reference_path(kernels, layout, device, dtype_nam
         reference_path(grad_of, sparsecore_torch.sparsemax, scores, cotangent),
         **tolerance,
     )
-    if layout == "onchip":
-        for k in sorted({1, 2, size}):
-            torch.testing.assert_close(
-                sparsecore_torch.topk_sparsemax(scores, k),
-                reference_path(sparsecore_torch.topk_sparsemax, scores, k),
-                **tolerance,
-            )
+    for k in sorted({1, 2, size}):
+        torch.testing.assert_close(
+            sparsecore_torch.topk_sparsemax(scores, k),
+            reference_path(sparsecore_torch.topk_sparsemax, scores, k),
+            **tolerance,
+        )
     assert kernels.calls["sparsemax_forward_rows"] == 2  # the call above and the one in grad_of
+
+
+@pytest.mark.parametrize("dtype_name", ["float32", "float64"])
+def test_topk_ties_at_the_kth_value_keep_the_lower_index(kernels, layout, device, dtype_name):
+    """Rows where many entries tie at the k-th largest value, zeros of both
+    signs among them, and keys that share their high bytes (the radix select
+    of the tiled kernel descends through every byte)."""
+    import sparsecore_torch
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    tiny = np.finfo(dtype_name).smallest_subnormal
+    data = np.array(
+        [
+            [
+                0.5,
+                0.25,
+                0.5,
+                0.25,
+                0.5,
+                0.25,
+                0.5,
+                0.25,
+                0.0,
+                0.5,
+                0.25,
+                0.5,
+                0.25,
+                0.5,
+                0.25,
+                0.5,
+                0.25,
+                0.5,
+            ],
+            [
+                0.0,
+                -0.0,
+                0.0,
+                -0.0,
+                -0.0,
+                0.0,
+                0.0,
+                -0.0,
+                -1.0,
+                0.0,
+                -0.0,
+                0.0,
+                -0.0,
+                0.0,
+                0.0,
+                -0.0,
+                0.0,
+                -0.0,
+            ],
+            [1.0, np.nextafter(1.0, 2.0), 1.0, np.nextafter(1.0, 0.0)] * 4 + [tiny, -tiny],
+            [-1.0, -2.0, -1.0, -2.0, -np.inf, -1.0, -2.0, -1.0] * 2 + [-np.inf, -2.0],
+        ]
+    )
+    scores = torch.tensor(data, dtype=dtype, device=device)
+    for k in (1, 2, 3, 5, 8, 9, 17, 18):
+        probs = sparsecore_torch.topk_sparsemax(scores, k)
+        expected = reference_path(sparsecore_torch.topk_sparsemax, scores, k)
+        torch.testing.assert_close(probs, expected, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(to_numpy(probs), topk_sparsemax_bruteforce(to_numpy(scores), k), atol=1e-6)
+    assert kernels.calls["topk_sparsemax_forward_rows"] == 8
+
+
+def test_topk_tiled_kernel_at_full_size(kernels, device):
+    """The tiled top-k kernel with the real limit and tile: rows longer than
+    ``ONCHIP_MAX``, not a multiple of ``TILE``, with ties at the k-th value."""
+    import sparsecore_torch
+    import torch
+
+    size = kernels.ONCHIP_MAX + kernels.TILE + 5
+    rng = np.random.default_rng(12)
+    data = np.round(rng.normal(scale=5e-4, size=(2, size)) * 4096) / 4096  # many ties near the top
+    data[1, rng.random(size) < 0.5] = -np.inf
+    scores = torch.tensor(data, dtype=torch.float32, device=device)
+    for k in (16, 300):
+        probs = sparsecore_torch.topk_sparsemax(scores, k)
+        torch.testing.assert_close(probs, reference_path(sparsecore_torch.topk_sparsemax, scores, k))
+        assert np.all(np.count_nonzero(to_numpy(probs), axis=-1) == k)  # the top k bind
+    assert kernels.calls["topk_sparsemax_forward_rows"] == 2
 
 
 def test_any_dim_and_non_contiguous_input_is_not_mutated(kernels, layout, device):
@@ -250,6 +331,7 @@ def test_kernels_compile_for_a_gpu_target():
                 (kernels._sparsemax_onchip_kernel, ["scores_ptr", "probs_ptr"], {"BLOCK": 1024}),
                 (kernels._sparsemax_tiled_kernel, ["scores_ptr", "probs_ptr"], {"TILE_SIZE": 4096}),
                 (kernels._topk_sparsemax_onchip_kernel, ["scores_ptr", "probs_ptr"], {"BLOCK": 256}),
+                (kernels._topk_sparsemax_tiled_kernel, ["scores_ptr", "probs_ptr"], {"TILE_SIZE": 4096}),
                 (kernels._sparsemax_backward_onchip_kernel, ["probs_ptr", "cotangent_ptr", "grad_ptr"], {"BLOCK": 512}),
                 (kernels._sparsemax_backward_tiled_kernel, ["probs_ptr", "cotangent_ptr", "grad_ptr"], {"TILE_SIZE": 4096}),
             ]
@@ -282,37 +364,44 @@ def test_kernels_compile_for_a_gpu_target():
     assert "compiled" in result.stdout
 
 
-def test_cuda_graph_capture(kernels, device):
+@pytest.mark.parametrize("case", ["sparsemax", "topk-tiled"])
+def test_cuda_graph_capture(kernels, device, case):
     """Forward and backward replay from a CUDA graph: no host read and no
-    launch count that depends on the data (CUDA only)."""
+    launch count that depends on the data (CUDA only); top-k on rows longer
+    than ``ONCHIP_MAX`` (the tiled kernels)."""
     import sparsecore_torch
     import torch
 
     if device != "cuda":
         pytest.skip("CUDA graphs need CUDA tensors")
-    scores = scores_for(300, 64, 9, torch.float32, device)
-    cotangent = torch.randn(64, 300, device=device)
+    if case == "sparsemax":
+        rows, size, function = 64, 300, sparsecore_torch.sparsemax
+    else:
+        rows, size = 8, kernels.ONCHIP_MAX + 100
+
+        def function(x):
+            return sparsecore_torch.topk_sparsemax(x, 16)
+
+    scores = scores_for(size, rows, 9, torch.float32, device)
+    cotangent = torch.randn(rows, size, device=device)
     scores.requires_grad_(True)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):  # warm-up (compiles the kernels) off the capture
-        sparsecore_torch.sparsemax(scores).backward(cotangent)
+        function(scores).backward(cotangent)
     torch.cuda.current_stream().wait_stream(stream)
     scores.grad = None
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        probs = sparsecore_torch.sparsemax(scores)
+        probs = function(scores)
         (grad,) = torch.autograd.grad(probs, scores, cotangent)
-    new_scores = scores_for(300, 64, 10, torch.float32, device)
+    new_scores = scores_for(size, rows, 10, torch.float32, device)
     with torch.no_grad():
         scores.copy_(new_scores)
     graph.replay()
     torch.cuda.synchronize()
-    expected = reference_path(sparsecore_torch.sparsemax, new_scores)
-    torch.testing.assert_close(probs, expected)
-    torch.testing.assert_close(
-        grad, reference_path(grad_of, sparsecore_torch.sparsemax, new_scores, cotangent)
-    )
+    torch.testing.assert_close(probs, reference_path(function, new_scores))
+    torch.testing.assert_close(grad, reference_path(grad_of, function, new_scores, cotangent))
 
 
 def test_torch_func_transforms_match_the_reference():

@@ -48,15 +48,11 @@ def require_triton() -> None:
 def _no_fallback(module, name: str):
     """The reference rule ``module.name``, made an error for the inputs that
     the kernels take (floating tensors); others (integer input, which the
-    rule rejects; top-k rows longer than the on-chip limit) still reach it."""
+    rule rejects) still reach it."""
     original = getattr(module, name)
 
     def fallback(*args, **kwargs):
-        # Top-k rows longer than the on-chip limit take the reference by design.
-        long_rows = (
-            name == "topk_sparsemax" and args[0].shape[kwargs["axis"]] > module.triton_kernels().ONCHIP_MAX
-        )
-        if _strict["on"] and args[0].dtype in module.KERNEL_DTYPES and not long_rows:
+        if _strict["on"] and args[0].dtype in module.KERNEL_DTYPES:
             raise AssertionError(f"the Triton path fell back to the reference ({name})")
         return original(*args, **kwargs)
 

@@ -131,15 +131,13 @@ def topk_sparsemax_forward(scores: torch.Tensor, k: int, dim: int, nan_policy: s
     """Top-k sparsemax of ``scores`` along ``dim`` (``k`` validated): the
     kernel where it applies, else :func:`sparsecore.topk_sparsemax`."""
     kernels = _kernels_for(scores)
-    if kernels is not None and scores.shape[dim] <= kernels.ONCHIP_MAX:
-        if nan_policy == "raise":
-            raise_on_nan(scores, "s", xp=xp)
-        if scores.numel() == 0:
-            return torch.empty_like(scores)
-        probs = kernels.topk_sparsemax_forward_rows(_rows(scores, dim), k)
-        if probs is not None:
-            return _unrows(probs, scores, dim)
-    return topk_sparsemax(scores, k, axis=dim, nan_policy=nan_policy)  # type: ignore[no-any-return]
+    if kernels is None:
+        return topk_sparsemax(scores, k, axis=dim, nan_policy=nan_policy)  # type: ignore[no-any-return]
+    if nan_policy == "raise":
+        raise_on_nan(scores, "s", xp=xp)
+    if scores.numel() == 0:
+        return torch.empty_like(scores)
+    return _unrows(kernels.topk_sparsemax_forward_rows(_rows(scores, dim), k), scores, dim)
 
 
 def sparsemax_backward(probs: torch.Tensor, grad_probs: torch.Tensor, dim: int) -> torch.Tensor:

@@ -29,7 +29,14 @@ NaN and ``inf`` in the gradient spread to the row as they do there).
 Top-k.  The k-th largest score by a bitwise search over the order-preserving
 integer keys of the values (32 or 64 counting reductions in registers), the top-k mask
 with ties broken by position (a prefix sum), then the sparsemax of the
-masked row.  Rows longer than :data:`ONCHIP_MAX` take the reference path.
+masked row.  Rows longer than :data:`ONCHIP_MAX` find the k-th largest score
+by a radix select over tiles (one pass per byte of the keys, 4 for float32
+and 8 for float64 rows, each a 256-bin histogram of that byte among the
+entries that share the bytes chosen so far), count the entries above it
+(one pass), and run the tiled sparsemax on the masked row, the mask rebuilt
+in each pass from the k-th value and a running count of the ties before
+the tile.  The pass count depends on the dtype alone, so these rows too
+need no host read.
 
 Importing this module imports Triton; with ``TRITON_INTERPRET=1`` set
 before the import, the kernels are Triton's interpreter functions, which run
@@ -146,19 +153,73 @@ def _sparsemax_onchip_kernel(scores_ptr, probs_ptr, size, BLOCK: tl.constexpr, C
 
 
 @triton.jit
-def _sparsemax_tiled_kernel(scores_ptr, probs_ptr, size, TILE_SIZE: tl.constexpr, COMPUTE: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    row_scores = scores_ptr + row * size
-    row_probs = probs_ptr + row * size
+def _tile(row_scores, start, offsets, size, kth, room, seen, COMPUTE: tl.constexpr, TOPK: tl.constexpr):
+    """The tile of a row at ``start``: ``(x, valid, seen)``, lanes past the
+    row ``-inf``.  With ``TOPK`` the entries outside the top k are ``-inf``
+    (the mask of :func:`_topk_mask`, with ``seen`` entries equal to ``kth``
+    in the tiles before this one; ``seen`` comes back updated)."""
+    index = start + offsets
+    valid = index < size
+    x = tl.load(row_scores + index, mask=valid, other=float("-inf")).to(COMPUTE)
+    if TOPK:
+        at = valid & (x == kth)
+        kept = _topk_mask(x, valid, kth, room, seen + tl.cumsum(at.to(tl.int32), axis=0))
+        x = tl.where(kept, x, float("-inf"))
+        seen += tl.sum(at.to(tl.int32), axis=0)
+    return x, valid, seen
+
+
+@triton.jit
+def _support_sums_tiled(
+    row_scores,
+    size,
+    tau,
+    row_max,
+    nan_row,
+    posinf_row,
+    empty_row,
+    kth,
+    room,
+    TILE_SIZE: tl.constexpr,
+    COMPUTE: tl.constexpr,
+    TOPK: tl.constexpr,
+):
+    """``|{z > tau}|`` and ``sum(z, z > tau)`` of the shifted row, one pass
+    over its tiles (a Newton step of :func:`_threshold_block`)."""
+    offsets = tl.arange(0, TILE_SIZE)
+    count = tl.zeros((), tl.int32)
+    total = tl.zeros((), COMPUTE)
+    seen = tl.zeros((), tl.int32)
+    for start in range(0, size, TILE_SIZE):
+        x, valid, seen = _tile(row_scores, start, offsets, size, kth, room, seen, COMPUTE, TOPK)
+        z = _tame(x, valid, row_max, nan_row, posinf_row, empty_row)
+        support = z > tau
+        count += tl.sum(support.to(tl.int32), axis=0)
+        total += tl.sum(tl.where(support, z, 0.0), axis=0)
+    return count, total
+
+
+@triton.jit
+def _sparsemax_tiled(
+    row_scores,
+    row_probs,
+    size,
+    kth,
+    room,
+    TILE_SIZE: tl.constexpr,
+    COMPUTE: tl.constexpr,
+    TOPK: tl.constexpr,
+):
+    """Sparsemax of one row over tiles (with ``TOPK``, of the row masked to
+    its top k): :func:`_sparsemax_block`, one pass per step."""
     offsets = tl.arange(0, TILE_SIZE)
     # Pass 1: the maximum and the special cases.
     row_max = tl.full((), float("-inf"), COMPUTE)
     nans = tl.zeros((), tl.int32)
     posinfs = tl.zeros((), tl.int32)
+    seen = tl.zeros((), tl.int32)
     for start in range(0, size, TILE_SIZE):
-        index = start + offsets
-        valid = index < size
-        x = tl.load(row_scores + index, mask=valid, other=float("-inf")).to(COMPUTE)
+        x, valid, seen = _tile(row_scores, start, offsets, size, kth, room, seen, COMPUTE, TOPK)
         tile_max, tile_nans, tile_posinfs = _row_stats(x, valid)
         row_max = tl.maximum(row_max, tile_max)
         nans += tile_nans
@@ -168,38 +229,44 @@ def _sparsemax_tiled_kernel(scores_ptr, probs_ptr, size, TILE_SIZE: tl.constexpr
     empty_row = (row_max == float("-inf")) & ~nan_row
     # Newton's method from -1, one pass over the tiles per step.
     tau = tl.full((), -1.0, COMPUTE)
-    count = tl.zeros((), tl.int32)
-    total = tl.zeros((), COMPUTE)
-    for start in range(0, size, TILE_SIZE):
-        index = start + offsets
-        valid = index < size
-        x = tl.load(row_scores + index, mask=valid, other=float("-inf")).to(COMPUTE)
-        z = _tame(x, valid, row_max, nan_row, posinf_row, empty_row)
-        support = z > tau
-        count += tl.sum(support.to(tl.int32), axis=0)
-        total += tl.sum(tl.where(support, z, 0.0), axis=0)
+    count, total = _support_sums_tiled(
+        row_scores, size, tau, row_max, nan_row, posinf_row, empty_row, kth, room, TILE_SIZE, COMPUTE, TOPK
+    )
     previous = count + 1
     while count < previous:
         previous = count
         tau = (total - 1.0) / count.to(COMPUTE)
-        count = tl.zeros((), tl.int32)
-        total = tl.zeros((), COMPUTE)
-        for start in range(0, size, TILE_SIZE):
-            index = start + offsets
-            valid = index < size
-            x = tl.load(row_scores + index, mask=valid, other=float("-inf")).to(COMPUTE)
-            z = _tame(x, valid, row_max, nan_row, posinf_row, empty_row)
-            support = z > tau
-            count += tl.sum(support.to(tl.int32), axis=0)
-            total += tl.sum(tl.where(support, z, 0.0), axis=0)
+        count, total = _support_sums_tiled(
+            row_scores,
+            size,
+            tau,
+            row_max,
+            nan_row,
+            posinf_row,
+            empty_row,
+            kth,
+            room,
+            TILE_SIZE,
+            COMPUTE,
+            TOPK,
+        )
     # Last pass: the output.
+    seen = tl.zeros((), tl.int32)
     for start in range(0, size, TILE_SIZE):
-        index = start + offsets
-        valid = index < size
-        x = tl.load(row_scores + index, mask=valid, other=float("-inf")).to(COMPUTE)
+        x, valid, seen = _tile(row_scores, start, offsets, size, kth, room, seen, COMPUTE, TOPK)
         z = _tame(x, valid, row_max, nan_row, posinf_row, empty_row)
         probs = _finish(z, tau, nan_row, empty_row)
-        tl.store(row_probs + index, probs.to(probs_ptr.dtype.element_ty), mask=valid)
+        tl.store(row_probs + start + offsets, probs.to(row_probs.dtype.element_ty), mask=valid)
+
+
+@triton.jit
+def _sparsemax_tiled_kernel(scores_ptr, probs_ptr, size, TILE_SIZE: tl.constexpr, COMPUTE: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    kth = tl.zeros((), COMPUTE)  # unused without TOPK
+    room = tl.zeros((), tl.int32)
+    _sparsemax_tiled(
+        scores_ptr + row * size, probs_ptr + row * size, size, kth, room, TILE_SIZE, COMPUTE, False
+    )
 
 
 @triton.jit
@@ -234,6 +301,17 @@ def _kth_largest_64(x, valid, k):
 
 
 @triton.jit
+def _topk_mask(x, valid, kth, room, rank_at):
+    """The entries of the top k, as the core's ``topk_mask`` keeps them: above
+    ``kth``, or equal to it and among the first ``room`` such entries
+    (``rank_at``: their running count), compared as floats so that ``-0.0``
+    ties with ``0.0``; NaN entries stay, so that their row is NaN."""
+    above = valid & (x > kth)
+    at = valid & (x == kth)
+    return above | (at & (rank_at <= room)) | (x != x)  # noqa: PLR0124 (NaN entries stay)
+
+
+@triton.jit
 def _topk_sparsemax_onchip_kernel(scores_ptr, probs_ptr, size, k, BLOCK: tl.constexpr, COMPUTE: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     offsets = tl.arange(0, BLOCK)
@@ -243,16 +321,86 @@ def _topk_sparsemax_onchip_kernel(scores_ptr, probs_ptr, size, k, BLOCK: tl.cons
         kth = _kth_largest_64(x, valid, k)
     else:
         kth = _kth_largest_32(x, valid, k)
-    # The mask as the core's topk_mask makes it (compared as floats, so that
-    # -0.0 ties with 0.0); NaN entries stay, so that their row is NaN.
-    above = valid & (x > kth)
-    at = valid & (x == kth)
-    room = k - tl.sum(above.to(tl.int32), axis=0)
-    rank_at = tl.cumsum(at.to(tl.int32), axis=0)
-    kept = above | (at & (rank_at <= room)) | (x != x)  # noqa: PLR0124 (NaN entries stay)
-    masked = tl.where(kept, x, float("-inf"))
+    room = k - tl.sum((valid & (x > kth)).to(tl.int32), axis=0)
+    rank_at = tl.cumsum((valid & (x == kth)).to(tl.int32), axis=0)
+    masked = tl.where(_topk_mask(x, valid, kth, room, rank_at), x, float("-inf"))
     probs = _sparsemax_block(masked, valid)
     tl.store(probs_ptr + row * size + offsets, probs.to(probs_ptr.dtype.element_ty), mask=valid)
+
+
+@triton.jit
+def _radix_keys(x, INT: tl.constexpr, WIDTH: tl.constexpr, LOWEST: tl.constexpr):
+    """Keys of a block whose unsigned order is the order of the values: the
+    bits with the sign bit set for nonnegative values, all bits flipped for
+    negative ones (held in signed integers of ``WIDTH`` bits; ``-0.0`` comes
+    just below ``0.0``)."""
+    bits = x.to(INT, bitcast=True)
+    return bits ^ ((bits >> (WIDTH - 1)) | LOWEST)
+
+
+@triton.jit
+def _kth_largest_tiled(
+    row_scores,
+    size,
+    k,
+    TILE_SIZE: tl.constexpr,
+    COMPUTE: tl.constexpr,
+    INT: tl.constexpr,
+    WIDTH: tl.constexpr,
+    LOWEST: tl.constexpr,
+):
+    """The k-th largest value of a row, by a radix select over tiles: one
+    pass per byte of the keys (:func:`_radix_keys`), from the top, each a
+    histogram of that byte over the entries that share the bytes chosen so
+    far; the byte chosen is the largest with at least ``remaining`` entries
+    at or above it, and ``remaining`` drops by those above it."""
+    offsets = tl.arange(0, TILE_SIZE)
+    bins = tl.arange(0, 256)
+    prefix = tl.zeros((), INT)
+    remaining = k + tl.zeros((), tl.int32)
+    for byte in tl.static_range(WIDTH // 8):
+        counts = tl.zeros((256,), tl.int32)
+        for start in range(0, size, TILE_SIZE):
+            index = start + offsets
+            valid = index < size
+            x = tl.load(row_scores + index, mask=valid, other=float("-inf")).to(COMPUTE)
+            keys = _radix_keys(x, INT, WIDTH, LOWEST)
+            if byte == 0:
+                sharing = valid
+            else:
+                # -(2 ** n): the bits from n up.
+                sharing = valid & ((keys & -(2 ** (WIDTH - 8 * byte))) == prefix)
+            digits = ((keys >> (WIDTH - 8 * byte - 8)) & 255).to(tl.int32)
+            counts += tl.histogram(digits, 256, mask=sharing)
+        at_least = tl.cumsum(counts, axis=0, reverse=True)
+        chosen = tl.max(tl.where(at_least >= remaining, bins, 0), axis=0)
+        remaining -= tl.sum(tl.where(bins > chosen, counts, 0), axis=0)
+        prefix = prefix | (chosen.to(INT) << (WIDTH - 8 * byte - 8))
+    # Back from the key to the value.
+    bits = tl.where(prefix < 0, prefix ^ LOWEST, ~prefix)
+    return bits.to(COMPUTE, bitcast=True)
+
+
+@triton.jit
+def _topk_sparsemax_tiled_kernel(
+    scores_ptr, probs_ptr, size, k, TILE_SIZE: tl.constexpr, COMPUTE: tl.constexpr
+):
+    row = tl.program_id(0).to(tl.int64)
+    row_scores = scores_ptr + row * size
+    # The k-th largest value: 4 (float32) or 8 (float64) passes.
+    if COMPUTE == tl.float64:
+        kth = _kth_largest_tiled(row_scores, size, k, TILE_SIZE, COMPUTE, tl.int64, 64, _INT64_MIN)
+    else:
+        kth = _kth_largest_tiled(row_scores, size, k, TILE_SIZE, COMPUTE, tl.int32, 32, _INT32_MIN)
+    # How many of the top k are strictly above it (as floats), one pass.
+    offsets = tl.arange(0, TILE_SIZE)
+    above = tl.zeros((), tl.int32)
+    for start in range(0, size, TILE_SIZE):
+        index = start + offsets
+        valid = index < size
+        x = tl.load(row_scores + index, mask=valid, other=float("-inf")).to(COMPUTE)
+        above += tl.sum((valid & (x > kth)).to(tl.int32), axis=0)
+    _sparsemax_tiled(row_scores, probs_ptr + row * size, size, kth, k - above, TILE_SIZE, COMPUTE, True)
 
 
 @triton.jit
@@ -352,18 +500,21 @@ def sparsemax_forward_rows(scores: torch.Tensor) -> torch.Tensor:
     return probs
 
 
-def topk_sparsemax_forward_rows(scores: torch.Tensor, k: int) -> torch.Tensor | None:
-    """Top-k sparsemax of each row of a contiguous ``(rows, K)`` tensor, or
-    ``None`` for rows longer than :data:`ONCHIP_MAX` (the reference takes them)."""
+def topk_sparsemax_forward_rows(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Top-k sparsemax of each row of a contiguous ``(rows, K)`` tensor
+    (``rows >= 1``, ``1 <= k <= K``)."""
     rows, size = scores.shape
-    if size > ONCHIP_MAX:
-        return None
     probs = torch.empty_like(scores)
-    block = triton.next_power_of_2(size)
     with _quiet():
-        _topk_sparsemax_onchip_kernel[(rows,)](
-            scores, probs, size, k, BLOCK=block, **_options(scores.dtype, block)
-        )
+        if size <= ONCHIP_MAX:
+            block = triton.next_power_of_2(size)
+            _topk_sparsemax_onchip_kernel[(rows,)](
+                scores, probs, size, k, BLOCK=block, **_options(scores.dtype, block)
+            )
+        else:
+            _topk_sparsemax_tiled_kernel[(rows,)](
+                scores, probs, size, k, TILE_SIZE=TILE, **_options(scores.dtype, TILE)
+            )
     return probs
 
 
