@@ -99,6 +99,7 @@ __all__ = [
     "SignalingConfig",
     "SignalingExperiment",
     "SignalingGame",
+    "check_config",
     "classifier_features",
     "default_lr",
     "draw_distinct",
@@ -118,6 +119,8 @@ GAME_SIZE = 16
 VOCAB_SIZE = 256
 #: The senders (``--sender``): the research code's, and a plain MLP (see :class:`MLPSender`).
 SENDERS = ("paper", "mlp")
+#: The data sets (``--dataset``).
+DATASETS = ("fashion-mnist", "mnist", "synthetic")
 #: What the sender and receiver see of an image (``--image-features``).
 IMAGE_FEATURES = ("pixels", "classifier")
 #: The methods, by command-line name.
@@ -249,7 +252,7 @@ class SignalingConfig(harness.RunConfig):
         The receiver's guess scored by the 0/1 reward: ``argmax`` (its most
         probable candidate, as communication success scores it) or
         ``sample`` (a draw from its distribution, the research code's).
-    gumbel_temperature, gumbel_tau_min, gumbel_anneal_rate, gumbel_anneal_every
+    gumbel_temperature, gumbel_tau_min, gumbel_anneal_rate, gumbel_anneal_every : float or int
         The Gumbel-Softmax temperature schedule of the research code:
         ``max(0.5, 1 * exp(-1e-5 * step))``, updated every 1,000 steps
         (``gumbel_anneal_rate 0`` keeps ``gumbel_temperature``).
@@ -879,27 +882,46 @@ class SignalingGame(torch.nn.Module):
 # The experiment.
 
 
+def check_config(config: SignalingConfig) -> None:
+    """Refuse settings no run can use, naming the option.
+
+    Raises
+    ------
+    ValueError
+        For an unknown method, sender, features or option value, or a size out of range.
+    """
+    harness.check_run_config(config)
+    harness.check_fields(
+        config,
+        choices={
+            "method": METHODS,
+            "dataset": DATASETS,
+            "sender": SENDERS,
+            "image_features": IMAGE_FEATURES,
+            "sfe_baseline": ("ema", "cumulative"),
+            "sfe_plus_loss": ("01", "nll"),
+            "zero_one_pick": ("argmax", "sample"),
+        },
+        at_least={
+            "game_size": 2,
+            **dict.fromkeys(
+                ("vocab_size", "batches_per_epoch", "valid_games", "eval_games", "embedding_size"), 1
+            ),
+            **dict.fromkeys(("hidden_size", "synthetic_size", "eval_batch_size", "gumbel_anneal_every"), 1),
+            "gumbel_anneal_rate": 0,
+            "entropy_weight": 0,
+        },
+        positive=("sender_temperature", "gumbel_temperature", "gumbel_tau_min"),
+    )
+    if not 0 < config.heldout_fraction < 0.5:
+        raise ValueError(f"--heldout-fraction must be in (0, 0.5), got {config.heldout_fraction}")
+
+
 class SignalingExperiment:
     """The signaling game behind the harness's :class:`~experiments.harness.Experiment` protocol."""
 
     def __init__(self, config: SignalingConfig) -> None:
-        if config.method not in METHODS:
-            raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {config.method!r}")
-        if config.sfe_baseline not in ("ema", "cumulative"):
-            raise ValueError(f"--sfe-baseline must be 'ema' or 'cumulative', got {config.sfe_baseline!r}")
-        if config.sfe_plus_loss not in ("01", "nll"):
-            raise ValueError(f"--sfe-plus-loss must be '01' or 'nll', got {config.sfe_plus_loss!r}")
-        if config.sender not in SENDERS:
-            raise ValueError(f"--sender must be one of {', '.join(SENDERS)}, got {config.sender!r}")
-        if config.image_features not in IMAGE_FEATURES:
-            raise ValueError(
-                f"--image-features must be one of {', '.join(IMAGE_FEATURES)}, got {config.image_features!r}"
-            )
-        if config.zero_one_pick not in ("argmax", "sample"):
-            raise ValueError(f"--zero-one-pick must be 'argmax' or 'sample', got {config.zero_one_pick!r}")
-        for name in ("game_size", "vocab_size", "batches_per_epoch", "valid_games", "eval_games"):
-            if getattr(config, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(config, name)}")
+        check_config(config)
         self.config = config
         self.device = harness.resolve_device(config.device)
         harness.seed_everything(config.seed)
@@ -1067,15 +1089,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__.split("\n\n")[0] if __doc__ else None,
         choices={
             "method": METHODS,
-            "dataset": ("fashion-mnist", "mnist", "synthetic"),
+            "dataset": DATASETS,
             "sfe_baseline": ("ema", "cumulative"),
             "sfe_plus_loss": ("01", "nll"),
             "zero_one_pick": ("argmax", "sample"),
             "sender": SENDERS,
             "image_features": IMAGE_FEATURES,
         },
+        check=check_config,
     )
-    result = run(config)
+    try:
+        result = run(config)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     test = result["test"]
     history = result["history"]
     calls = float(np.mean([row["rows_decoded_per_example"] for row in history])) if history else float("nan")

@@ -99,13 +99,14 @@ with a notice when MNIST is neither found nor downloadable.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -125,11 +126,13 @@ __all__ = [
     "SemiSupervisedData",
     "SemiSupervisedExperiment",
     "SemiSupervisedVAE",
+    "check_config",
     "classification_loss",
     "classifier_lr",
     "default_lr",
     "load_data",
     "main",
+    "notices_once",
     "run",
     "sparsemax_loss",
     "synthetic_digits",
@@ -488,6 +491,32 @@ def synthetic_digits(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.where(patterns[labels], bright, dark).astype(np.uint8), labels
 
 
+#: Inside :func:`notices_once`: the notices printed so far (empty outside: print every one).
+_shown_notices: list[set[str]] = []
+
+
+def _notice(message: str) -> None:
+    """Print ``message`` to stderr, unless :func:`notices_once` has already seen it."""
+    if _shown_notices:
+        if message in _shown_notices[0]:
+            return
+        _shown_notices[0].add(message)
+    print(message, file=sys.stderr)
+
+
+@contextlib.contextmanager
+def notices_once() -> Iterator[None]:
+    """Within this block each notice (the MNIST fallback) is printed once, however many runs load data.
+
+    ``experiments.compare`` runs every method inside it.
+    """
+    _shown_notices.append(_shown_notices[0] if _shown_notices else set())
+    try:
+        yield
+    finally:
+        _shown_notices.pop()
+
+
 def _load_splits(config: SemiSupervisedConfig) -> tuple[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
     """``(dataset used, {split: (images (n, 784) uint8, labels (n,) int64)})``."""
     if config.dataset == "synthetic":
@@ -509,10 +538,9 @@ def _load_splits(config: SemiSupervisedConfig) -> tuple[str, dict[str, tuple[np.
         if name != "mnist":
             raise
         first_line = str(error).splitlines()[0]
-        print(
+        _notice(
             f"notice: MNIST (the paper's data set) is not available ({first_line}); "
-            "falling back to fashion-mnist",
-            file=sys.stderr,
+            "falling back to fashion-mnist"
         )
         name = "fashion-mnist"
         loaded = data.load_splits(
@@ -576,6 +604,33 @@ def _chunks(total: int, size: int) -> list[tuple[int, int]]:
 # The experiment.
 
 
+def check_config(config: SemiSupervisedConfig) -> None:
+    """Refuse settings no run can use, naming the option.
+
+    Raises
+    ------
+    ValueError
+        For an unknown method, data set or learning-rate setting, or a size out of range.
+    """
+    harness.check_run_config(config)
+    harness.check_fields(
+        config,
+        choices={
+            "method": CATEGORICAL_ESTIMATORS,
+            "dataset": DATASETS,
+            "lr_setting": LR_SETTINGS,
+            "sfe_baseline": ("ema", "cumulative"),
+        },
+        at_least={
+            **dict.fromkeys(
+                ("hidden_layers", "nvil_layers", "nvil_hidden", "hidden", "classifier_hidden"), 1
+            ),
+            **dict.fromkeys(("latent_dim", "synthetic_size", "eval_batch_size", "labeled"), 1),
+            **dict.fromkeys(("lr", "classifier_lr", "warmup_lr", "warmup_epochs", "valid_size"), 0),
+        },
+    )
+
+
 class SemiSupervisedExperiment:
     """The semi-supervised VAE behind the harness's :class:`~experiments.harness.Experiment` protocol.
 
@@ -599,28 +654,7 @@ class SemiSupervisedExperiment:
         phase: str = "semi-supervised",
         data: SemiSupervisedData | None = None,
     ) -> None:
-        if config.method not in CATEGORICAL_ESTIMATORS:
-            raise ValueError(
-                f"--method must be one of {', '.join(CATEGORICAL_ESTIMATORS)}, got {config.method!r}"
-            )
-        if config.lr_setting not in LR_SETTINGS:
-            raise ValueError(
-                f"--lr-setting must be one of {', '.join(LR_SETTINGS)}, got {config.lr_setting!r}"
-            )
-        for name in (
-            "hidden_layers",
-            "nvil_layers",
-            "nvil_hidden",
-            "hidden",
-            "classifier_hidden",
-            "latent_dim",
-        ):
-            if getattr(config, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(config, name)}")
-        for name in ("lr", "classifier_lr", "warmup_lr"):
-            value = getattr(config, name)
-            if value is not None and not value >= 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+        check_config(config)
         if phase not in PHASES:
             raise ValueError(f"phase must be one of {', '.join(PHASES)}, got {phase!r}")
         self.config = config
@@ -784,6 +818,7 @@ def run(config: SemiSupervisedConfig) -> dict[str, Any]:
     """
     from experiments import plots
 
+    check_config(config)
     loaded = load_data(config, harness.resolve_device(config.device))
     warmup: dict[str, Any] | None = None
     warm_state: dict[str, torch.Tensor] | None = None
@@ -817,8 +852,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "sfe_baseline": ("ema", "cumulative"),
             "lr_setting": LR_SETTINGS,
         },
+        check=check_config,
     )
-    result = run(config)
+    try:
+        result = run(config)
+    except data.DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     test = result["test"]
     history = result["history"]
     calls = float(np.mean([row["calls_mean"] for row in history])) if history else float("nan")
