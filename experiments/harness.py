@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -358,27 +359,25 @@ def field_docs(cls: type) -> dict[str, str]:
     """
     docs: dict[str, str] = {}
     for klass in reversed(cls.__mro__):
-        lines = (klass.__doc__ or "").expandtabs().splitlines()
         inside, names, text = False, [], []  # type: ignore[var-annotated]
-        for line in [*lines, "END"]:
+        for line in [*inspect.cleandoc(klass.__doc__ or "").splitlines(), "END"]:
             stripped = line.strip()
             if stripped == "Attributes":
                 inside = True
                 continue
-            if not inside or stripped.startswith("---"):
+            if not inside or not stripped or set(stripped) == {"-"}:
                 continue
-            indent = len(line) - len(line.lstrip())
-            entry = " : " in stripped and indent <= 4
-            if entry or line == "END" or (stripped and indent < 4):
-                for name in names:
-                    docs[name] = " ".join(text)
-                names, text = [], []
-                if not entry:
-                    inside = bool(stripped) and indent >= 4 and line != "END"
-                    continue
-                names = [name.strip() for name in stripped.split(" : ")[0].split(",")]
-            elif stripped:
+            if line.startswith(" "):
                 text.append(re.sub(r":\w+:`~?([^`]*)`", r"\1", stripped).replace("``", ""))
+                continue
+            # A new entry, a new section, or the end.
+            for name in names:
+                docs[name] = " ".join(text)
+            names, text = [], []
+            if " : " in stripped and line != "END":
+                names = [name.strip() for name in stripped.split(" : ")[0].split(",")]
+            else:
+                inside = False
     return docs
 
 
@@ -453,7 +452,7 @@ def parse_config(
         kind, optional = _field_parser(hints[field.name])
         flag = "--" + field.name.replace("_", "-")
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
-        help_text = docs.get(field.name, field.name.replace("_", " "))
+        help_text = docs.get(field.name, field.name.replace("_", " ")).replace("%", "%%")
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
             continue

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -205,6 +206,23 @@ def test_compare_writes_a_table_and_plots(tmp_path):
     assert again == table
     with pytest.raises(ValueError, match="unknown methods"):
         compare.compare("bitvector", ["dense"], overrides, tmp_path)
+    # Several seeds: mean ± std in the table, one CSV row per method and seed.
+    table, results = compare.compare(
+        "bitvector", ["sfe", "sparsemap"], overrides, tmp_path / "seeds", seeds=3
+    )
+    assert lines[0].replace("| method |", "| method | seeds |") == table.splitlines()[0]
+    values = [run["test"]["negative_elbo"] for run in results["sfe"]]
+    assert [run["config"]["seed"] for run in results["sfe"]] == [0, 1, 2]
+    assert len(set(values)) == 3
+    mean, std = float(np.mean(values)), float(np.std(values, ddof=1))
+    sfe_row = next(line for line in table.splitlines() if line.startswith("| sfe |"))
+    assert "| 3 |" in sfe_row and f"{mean:.1f} ± {std:.1f}" in sfe_row
+    rows = (tmp_path / "seeds" / "bitvector" / "results.csv").read_text().splitlines()
+    assert rows[0].startswith("method,seed,nll_bits_per_dim,negative_elbo") and len(rows) == 7
+    assert rows[1].startswith("sfe,0,") and rows[3].startswith("sfe,2,")
+    assert (tmp_path / "seeds" / "bitvector" / "sfe" / "seed2" / "result.json").exists()
+    with pytest.raises(ValueError, match="seeds"):
+        compare.compare("bitvector", ["sfe"], overrides, tmp_path, seeds=0)
 
 
 def test_compare_command_line(tmp_path, capsys):
@@ -238,3 +256,43 @@ def test_compare_command_line(tmp_path, capsys):
         compare.main(["bitvector", "--no-such-option", "1"])
     with pytest.raises(SystemExit):
         compare.main(["nothing"])
+    capsys.readouterr()
+    for argv, message in [
+        (["bitvector", "--bits", "0"], "--bits must be >= 1, got 0"),
+        (["bitvector", "--seeds", "0"], "--seeds"),
+        (["all", "--methods", "nothing"], "no experiment has the methods nothing"),
+        (["signaling", "--methods", "topk_sparsemax"], "unknown methods topk_sparsemax"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            compare.main(argv)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (argv, err)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 16])
+def test_chunked_pixel_likelihood_matches_cross_entropy_and_its_gradient(chunk):
+    torch.manual_seed(0)
+    rows = 7
+    features = torch.randn(rows, bitvector_vae.PIXELS, 5, dtype=torch.float64, requires_grad=True)
+    pixel = torch.nn.Linear(5, bitvector_vae.LEVELS).double()
+    images = torch.randint(0, 256, (rows, bitvector_vae.PIXELS), dtype=torch.uint8)
+    weights = torch.randn(rows, dtype=torch.float64)
+    logits = pixel(features).reshape(-1, bitvector_vae.LEVELS)
+    reference = torch.nn.functional.cross_entropy(logits, images.reshape(-1).long(), reduction="none")
+    reference = reference.reshape(rows, -1).sum(-1)
+    parameters = [features, pixel.weight, pixel.bias]
+    expected = torch.autograd.grad((reference * weights).sum(), parameters)
+    got = bitvector_vae.pixel_nll(features, pixel, images, chunk=chunk)
+    assert torch.allclose(got, reference, rtol=1e-12, atol=1e-9)
+    gradients = torch.autograd.grad((got * weights).sum(), parameters)
+    for mine, theirs in zip(gradients, expected, strict=True):
+        assert torch.allclose(mine, theirs, rtol=1e-10, atol=1e-12)
+    # Finite differences on a few pixels' features.
+    small = features[:2, :3].detach().clone().requires_grad_()
+    wide = torch.nn.Linear(5, bitvector_vae.LEVELS).double()
+    assert torch.autograd.gradcheck(
+        lambda f: bitvector_vae.pixel_nll(f, wide, images[:2, :3], chunk=chunk), (small,)
+    )
+    with pytest.raises(ValueError, match="chunk"):
+        bitvector_vae.pixel_nll(features, pixel, images, chunk=0)

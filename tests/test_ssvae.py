@@ -292,6 +292,14 @@ def test_mnist_falls_back_to_fashion_mnist_with_a_notice(tmp_path, monkeypatch, 
     assert torch.bincount(loaded.train_labels[loaded.labeled], minlength=10).tolist() == [2] * 10
     assert set(loaded.eval_images["test"].unique().tolist()) <= {0, 1}
 
+    # Within notices_once (a compare run), the notice is printed for the first load only.
+    with ssvae.notices_once():
+        for _ in range(3):
+            ssvae.load_data(config)
+    assert capsys.readouterr().err.count("falling back to fashion-mnist") == 1
+    ssvae.load_data(config)
+    assert capsys.readouterr().err.count("falling back to fashion-mnist") == 1
+
     # Fashion-MNIST asked for directly: no fallback, and its failure is reported as is.
     requests.clear()
     assert ssvae.load_data(dataclasses.replace(config, dataset="fashion-mnist")).dataset == "fashion-mnist"
@@ -465,3 +473,34 @@ def test_docstring_examples():
 
     result = doctest.testmod(ssvae, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted >= 2 and result.failed == 0
+
+
+def test_compare_has_a_supervised_only_row_and_per_seed_results(tmp_path):
+    from experiments import compare
+
+    overrides = dict(
+        dataset="synthetic",
+        synthetic_size=100,
+        labeled=20,
+        batch_size=20,
+        epochs=1,
+        warmup_epochs=1,
+        classifier_hidden=16,
+        hidden=16,
+        latent_dim=4,
+        eval_batch_size=50,
+        progress=False,
+        max_eval_examples=None,
+    )
+    table, results = compare.compare("ssvae", ["dense", "sfe"], overrides, tmp_path, seeds=2)
+    assert [len(runs) for runs in results.values()] == [2, 2]
+    assert [run["config"]["seed"] for run in results["sfe"]] == [0, 1]
+    rows = {line.split(" | ")[0][2:]: line for line in table.splitlines()[2:]}
+    assert set(rows) == {"dense", "sfe", compare.SUPERVISED_ONLY}
+    # The supervised-only row is the warm start's test accuracy, mean ± std over the seeds.
+    warm = [run["warmup"]["test"]["accuracy_percent"] for run in results["dense"]]
+    mean, std = float(np.mean(warm)), float(np.std(warm, ddof=1))
+    assert f"{mean:.2f} ± {std:.2f}" in rows[compare.SUPERVISED_ONLY]
+    lines = (tmp_path / "ssvae" / "results.csv").read_text().splitlines()
+    assert lines[0].startswith("method,seed,accuracy_percent,")
+    assert len(lines) == 1 + 2 * 3
