@@ -207,6 +207,7 @@ TABLE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("success, argmax symbol (%)", "success_percent", "{:.2f}"),
     ("receiver NLL (nats)", "nll", "{:.3f}"),
     ("symbols used", "symbols_used", "{:.0f}"),
+    ("test support", "support_mean", "{:.2f}"),
 )
 
 #: Seeds of the fixed validation and test games (the research code's).
