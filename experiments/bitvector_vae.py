@@ -147,84 +147,6 @@ class BitVectorConfig(harness.RunConfig):
     out_dir: str = "runs/bitvector_vae"
 
 
-#: Decoder rows whose (rows, 784, 256) pixel logits are held at once: 16 rows are 12.8 MB, under
-#: glibc's largest dynamic mmap threshold (32 MB), so the buffer is reused from the heap instead of
-#: being mapped and unmapped (page faults) at every step.
-NLL_CHUNK_ROWS = 16
-
-
-class _PixelNLL(torch.autograd.Function):
-    """Sum over pixels of the 256-way cross-entropy of ``features @ weight.T + bias``, by row chunks.
-
-    The logits of ``chunk`` rows at a time are computed, reduced and freed;
-    the backward pass recomputes them chunk by chunk from the saved
-    features and log-normalizers.  The value and gradient are those of
-    ``F.cross_entropy(logits, targets, reduction="none").sum(-1)``.
-    """
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any,
-        features: torch.Tensor,
-        weight: torch.Tensor,
-        bias: torch.Tensor,
-        targets: torch.Tensor,
-        chunk: int,
-    ) -> torch.Tensor:
-        rows, pixels, width = features.shape
-        flat_targets = targets.reshape(rows * pixels, 1)
-        log_norm = torch.empty(rows * pixels, dtype=features.dtype, device=features.device)
-        picked = torch.empty_like(log_norm)
-        flat = features.reshape(rows * pixels, width)
-        for start in range(0, rows * pixels, chunk * pixels):
-            stop = min(start + chunk * pixels, rows * pixels)
-            logits = torch.addmm(bias, flat[start:stop], weight.T)
-            torch.logsumexp(logits, -1, out=log_norm[start:stop])
-            picked[start:stop] = logits.gather(1, flat_targets[start:stop]).squeeze(1)
-        ctx.save_for_backward(features, weight, bias, targets, log_norm)
-        ctx.chunk = chunk
-        return (log_norm - picked).reshape(rows, pixels).sum(-1)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-        features, weight, bias, targets, log_norm = ctx.saved_tensors
-        rows, pixels, width = features.shape
-        flat = features.reshape(rows * pixels, width)
-        flat_targets = targets.reshape(rows * pixels, 1)
-        row_grad = grad.repeat_interleave(pixels)[:, None]
-        grad_features = torch.empty_like(flat)
-        grad_weight = torch.zeros_like(weight)
-        grad_bias = torch.zeros_like(bias)
-        for start in range(0, rows * pixels, ctx.chunk * pixels):
-            stop = min(start + ctx.chunk * pixels, rows * pixels)
-            # d/dlogits of (logsumexp - picked) is softmax - one_hot.
-            soft = torch.addmm(bias, flat[start:stop], weight.T)
-            soft.sub_(log_norm[start:stop, None]).exp_()
-            soft.scatter_add_(1, flat_targets[start:stop], soft.new_full((stop - start, 1), -1.0))
-            soft.mul_(row_grad[start:stop])
-            torch.mm(soft, weight, out=grad_features[start:stop])
-            grad_weight.addmm_(soft.T, flat[start:stop])
-            grad_bias.add_(soft.sum(0))
-        return grad_features.reshape(rows, pixels, width), grad_weight, grad_bias, None, None
-
-
-def pixel_nll(
-    features: torch.Tensor, pixel: torch.nn.Linear, images: torch.Tensor, chunk: int = NLL_CHUNK_ROWS
-) -> torch.Tensor:
-    """``-log p(x | z)`` (nats) per row, shape (P,), from the per-pixel features (P, 784, 5).
-
-    The 256-way pixel likelihood ``F.cross_entropy(pixel(features), images)``
-    summed over the pixels, computed ``chunk`` rows at a time
-    (:class:`_PixelNLL`): the (P, 784, 256) logits are never held whole.
-    """
-    if chunk < 1:
-        raise ValueError(f"chunk must be >= 1, got {chunk}")
-    bias = pixel.bias if pixel.bias is not None else features.new_zeros(pixel.out_features)
-    result = _PixelNLL.apply(features, pixel.weight, bias, images.long(), chunk)
-    assert isinstance(result, torch.Tensor)
-    return result
-
-
 class Decoder(torch.nn.Module):
     """``D -> hidden (ReLU) -> 784 * 5``, then a shared ``Linear(5 -> 256)`` per pixel."""
 
@@ -238,7 +160,9 @@ class Decoder(torch.nn.Module):
     def negative_log_likelihood(self, z: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """``-log p(x | z)`` in nats, shape (P,), for codes (P, D) and byte images (P, 784)."""
         features = self.body(z).reshape(z.shape[0], PIXELS, 5)
-        return pixel_nll(features, self.pixel, images)
+        logits = self.pixel(features)
+        nll = F.cross_entropy(logits.reshape(-1, LEVELS), images.reshape(-1), reduction="none")
+        return nll.reshape(z.shape[0], PIXELS).sum(-1)
 
 
 class BitVectorVAE(torch.nn.Module):
@@ -526,6 +450,8 @@ def run(config: BitVectorConfig) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # The decoder's (rows, 784, 256) logits are allocated and freed at every step.
+    harness.reuse_freed_memory()
     config = harness.parse_config(
         BitVectorConfig,
         argv,

@@ -339,6 +339,10 @@ def _check_settings(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from experiments import harness
+
+    # The bit-vector VAE's decoder allocates and frees large buffers at every step.
+    harness.reuse_freed_memory()
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
