@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from experiments import distributed, harness
+from experiments.data import DataError
 from experiments.estimators import BITVECTOR_ESTIMATORS, Estimator, EstimatorOutput, make_estimator
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "BitVectorConfig",
     "BitVectorExperiment",
     "BitVectorVAE",
+    "check_config",
     "default_lr",
     "exact_log_likelihood",
     "log_likelihood",
@@ -298,6 +300,44 @@ def synthetic_images(count: int, seed: int) -> np.ndarray:
     return np.clip(prototypes[labels] + noise, 0, 255).astype(np.uint8)
 
 
+#: The data sets and SparseMAP scorings offered on the command line.
+DATASETS = ("fashion-mnist", "mnist", "synthetic")
+SCORINGS = ("paper", "standard")
+
+
+def check_config(config: BitVectorConfig) -> None:
+    """Refuse settings no run can use, naming the option.
+
+    Raises
+    ------
+    ValueError
+        For an unknown method, data set or scoring, or a size out of range.
+    """
+    harness.check_run_config(config)
+    harness.check_fields(
+        config,
+        choices={"method": BITVECTOR_ESTIMATORS, "dataset": DATASETS, "scoring": SCORINGS},
+        at_least={
+            **dict.fromkeys(
+                (
+                    "bits",
+                    "k",
+                    "hidden",
+                    "importance_samples",
+                    "eval_samples",
+                    "eval_batch_size",
+                    "synthetic_size",
+                ),
+                1,
+            ),
+            "valid_size": 0,
+            "entropy_weight": 0,
+        },
+    )
+    if config.budget is not None and not 1 <= config.budget <= config.bits:
+        raise ValueError(f"--budget must be in [1, --bits = {config.bits}] or none, got {config.budget}")
+
+
 class BitVectorExperiment:
     """The bit-vector VAE behind the harness's :class:`~experiments.harness.Experiment` protocol."""
 
@@ -306,10 +346,7 @@ class BitVectorExperiment:
     shares_evaluation = True
 
     def __init__(self, config: BitVectorConfig) -> None:
-        if config.method not in BITVECTOR_ESTIMATORS:
-            raise ValueError(
-                f"--method must be one of {', '.join(BITVECTOR_ESTIMATORS)}, got {config.method!r}"
-            )
+        check_config(config)
         self.config = config
         self.device = harness.resolve_device(config.device)
         harness.seed_everything(config.seed)
@@ -425,13 +462,20 @@ def run(config: BitVectorConfig) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # The decoder's (rows, 784, 256) logits are allocated and freed at every step.
+    harness.reuse_freed_memory()
     config = harness.parse_config(
         BitVectorConfig,
         argv,
         description=__doc__.split("\n\n")[0] if __doc__ else None,
-        choices={"method": BITVECTOR_ESTIMATORS, "dataset": ("fashion-mnist", "mnist", "synthetic")},
+        choices={"method": BITVECTOR_ESTIMATORS, "dataset": DATASETS, "scoring": SCORINGS},
+        check=check_config,
     )
-    result = run(config)
+    try:
+        result = run(config)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     if not distributed.is_main_process():
         return 0
     test = result["test"]

@@ -66,7 +66,7 @@ and Structured Latent Variables via Sparsity", NeurIPS 2020.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -688,7 +688,7 @@ class SelfCriticScoreFunction(Estimator):
 class NVIL(_RunningBaseline):
     r"""NVIL: score function estimator with a learned, input-dependent baseline.
 
-    A network :math:`b_\psi(x)` (one hidden ReLU layer) on
+    A network :math:`b_\psi(x)` (ReLU hidden layers) on
     ``baseline_input`` predicts the centered loss; the learning signal is
     :math:`\ell(n, z) - c - b_\psi(x_n)`, with :math:`c` a running mean of
     the loss when ``centering`` is on (Mnih and Gregor, 2014).  The
@@ -702,8 +702,10 @@ class NVIL(_RunningBaseline):
     ----------
     baseline_features : int
         F, the width of ``baseline_input`` (shape (N, F)).
-    hidden : int, default 128
-        Hidden units of the baseline network.
+    hidden : int or sequence of int, default 128
+        Hidden units of the baseline network: one ReLU layer of that width,
+        or one layer per entry (the research code's semi-supervised VAE:
+        ``(512, 512, 512)``).
     centering : bool, default True
         Subtract an exponential moving average of the loss (buffers
         ``baseline`` and ``baseline_updates``, as in :class:`ScoreFunction`).
@@ -717,19 +719,21 @@ class NVIL(_RunningBaseline):
         size: int,
         *,
         baseline_features: int,
-        hidden: int = 128,
+        hidden: int | Sequence[int] = 128,
         centering: bool = True,
         decay: float = 0.99,
         **options: Any,
     ) -> None:
         super().__init__(latent, size, baseline="ema", decay=decay, **options)
         self.baseline_features = _check_int(baseline_features, "baseline_features", minimum=1)
-        hidden = _check_int(hidden, "hidden", minimum=1)
-        self.baseline_net = torch.nn.Sequential(
-            torch.nn.Linear(self.baseline_features, hidden),
-            torch.nn.ReLU(),
-            torch.nn.Linear(hidden, 1),
-        )
+        widths = [hidden] if isinstance(hidden, int) else list(hidden)
+        if not widths:
+            raise ValueError("hidden must be an integer >= 1 or a non-empty sequence of them, got ()")
+        widths = [_check_int(width, "hidden", minimum=1) for width in widths]
+        layers: list[torch.nn.Module] = []
+        for before, after in zip([self.baseline_features, *widths], widths, strict=False):
+            layers += [torch.nn.Linear(before, after), torch.nn.ReLU()]
+        self.baseline_net = torch.nn.Sequential(*layers, torch.nn.Linear(widths[-1], 1))
         self.centering = bool(centering)
 
     def _estimate(
@@ -837,8 +841,10 @@ class _Relaxed(Estimator):
     r"""Gumbel relaxations with an annealed temperature kept in buffers.
 
     The temperature of a training step is
-    :math:`\tau = \max(\tau_{\min}, \tau_0 \exp(-r\, \text{step}))`; the
-    buffers ``step`` (training steps taken) and ``temperature`` (the last
+    :math:`\tau = \max(\tau_{\min}, \tau_0 \exp(-r\, s))` where :math:`s`
+    is the step rounded down to a multiple of ``anneal_every`` (the research
+    code's signaling game updates it every 1,000 steps); the buffers
+    ``step`` (training steps taken) and ``temperature`` (the last
     temperature used) are saved in the state dict.  In evaluation mode
     (``module.eval()``) no step is taken and the stored temperature is used.
     """
@@ -854,26 +860,28 @@ class _Relaxed(Estimator):
         tau0: float = 1.0,
         tau_min: float = 0.5,
         anneal_rate: float = 3e-5,
+        anneal_every: int = 1,
         **options: Any,
     ) -> None:
         super().__init__(latent, size, **options)
         self.tau0 = _check_positive(tau0, "tau0")
         self.tau_min = _check_positive(tau_min, "tau_min")
         self.anneal_rate = _check_positive(anneal_rate, "anneal_rate", allow_zero=True)
+        self.anneal_every = _check_int(anneal_every, "anneal_every", minimum=1)
         self.register_buffer("step", torch.zeros((), dtype=torch.int64))
         self.register_buffer("temperature", torch.tensor(self.tau0))
 
     def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, tau0={self.tau0}, tau_min={self.tau_min}, "
-            f"anneal_rate={self.anneal_rate}"
+            f"anneal_rate={self.anneal_rate}, anneal_every={self.anneal_every}"
         )
 
     @torch.no_grad()
     def _next_temperature(self) -> None:
         if not self.training:
             return
-        step = self.step.to(self.temperature.dtype)
+        step = (self.step - self.step % self.anneal_every).to(self.temperature.dtype)
         annealed = self.tau0 * torch.exp(-self.anneal_rate * step)
         self.temperature.copy_(annealed.clamp_min(self.tau_min))
         self.step.add_(1)
@@ -922,8 +930,11 @@ class GumbelSoftmax(_Relaxed):
         Smallest temperature.
     anneal_rate : float, default 3e-5
         ``tau = max(tau_min, tau0 * exp(-anneal_rate * step))`` at each
-        training step (the schedule of Jang et al., 2017, applied every
-        step); 0 keeps ``tau0``.  ``step`` and ``temperature`` are buffers.
+        training step (the schedule of Jang et al., 2017); 0 keeps
+        ``tau0``.  ``step`` and ``temperature`` are buffers.
+    anneal_every : int, default 1
+        ``step`` is rounded down to a multiple of it: the temperature
+        changes every ``anneal_every`` steps (1: every step).
     """
 
     def _decode(self, relaxed: torch.Tensor, hard: torch.Tensor) -> torch.Tensor:
@@ -991,8 +1002,8 @@ def make_estimator(name: str, *, latent: str = "categorical", size: int, **optio
         and ``check_nan`` for all; ``baseline`` ("ema" or "cumulative") and
         ``decay`` (0.99) for "sfe" and "sum_and_sample"; ``baseline_features``
         (required), ``hidden`` (128), ``centering`` (True) and ``decay`` for
-        "nvil"; ``tau0`` (1.0), ``tau_min`` (0.5), ``anneal_rate`` (3e-5) for
-        "gumbel" and "st_gumbel"; ``k`` (10) for "topk_sparsemax";
+        "nvil"; ``tau0`` (1.0), ``tau_min`` (0.5), ``anneal_rate`` (3e-5),
+        ``anneal_every`` (1) for "gumbel" and "st_gumbel"; ``k`` (10) for "topk_sparsemax";
         ``scoring`` ("paper" or "standard", default "paper"), ``max_iter``,
         ``tol``, ``max_active`` for the SparseMAP ones and ``budget``
         (default ``size // 2``) for "sparsemap_budget".

@@ -27,16 +27,18 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import inspect
 import json
 import math
 import os
 import random
+import re
 import sys
 import tempfile
 import time
 import types
 import typing
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -51,8 +53,12 @@ __all__ = [
     "TrainingDiverged",
     "atomic_save",
     "calls_summary",
+    "check_fields",
+    "check_run_config",
+    "field_docs",
     "parse_config",
     "resolve_device",
+    "reuse_freed_memory",
     "seed_everything",
     "to_arguments",
     "train",
@@ -153,6 +159,31 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
     return distributed.local_device(device)
+
+
+def reuse_freed_memory(threshold: int = 1 << 30) -> bool:
+    """Have glibc's malloc keep freed blocks of up to ``threshold`` bytes for reuse.
+
+    By default glibc maps every block above a few MB with ``mmap`` and
+    unmaps it when freed, so a buffer allocated and freed at every step
+    (the bit-vector VAE decoder's (rows, 784, 256) logits) costs page faults
+    every step: half the run's time went to the kernel, measured.  This
+    raises the mmap and trim thresholds (``mallopt``), as the environment
+    variable ``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=...`` would, for
+    this process.  Returns whether it applied (``False`` off glibc).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(mallopt(m_mmap_threshold, threshold)) and bool(mallopt(m_trim_threshold, threshold))
 
 
 def seed_everything(seed: int) -> None:
@@ -417,6 +448,9 @@ def train(experiment: Experiment, config: RunConfig) -> dict[str, Any]:
     finally:
         distributed.unreplicate(experiment.model)
 
+    if parallel:
+        # As at an epoch's start: a run resumed after its last epoch evaluates with the same draws.
+        seed_everything(distributed.epoch_seed(config.seed, config.epochs, distributed.rank()))
     result = {
         "config": dataclasses.asdict(config),
         "history": history,
@@ -441,30 +475,110 @@ def _field_parser(annotation: Any) -> tuple[Any, bool]:
     return annotation, False
 
 
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's description in the ``Attributes`` sections of ``cls``'s and its bases' docstrings.
+
+    A numpydoc entry ``name : type`` (or ``a, b : type``) followed by its
+    indented description; the text is joined into one line.
+    """
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        inside, names, text = False, [], []  # type: ignore[var-annotated]
+        for line in [*inspect.cleandoc(klass.__doc__ or "").splitlines(), "END"]:
+            stripped = line.strip()
+            if stripped == "Attributes":
+                inside = True
+                continue
+            if not inside or not stripped or set(stripped) == {"-"}:
+                continue
+            if line.startswith(" "):
+                text.append(re.sub(r":\w+:`~?([^`]*)`", r"\1", stripped).replace("``", ""))
+                continue
+            # A new entry, a new section, or the end.
+            for name in names:
+                docs[name] = " ".join(text)
+            names, text = [], []
+            if " : " in stripped and line != "END":
+                names = [name.strip() for name in stripped.split(" : ")[0].split(",")]
+            else:
+                inside = False
+    return docs
+
+
+def check_run_config(config: RunConfig) -> None:
+    """The settings every run shares: counts at least 1, rates not negative.
+
+    Raises
+    ------
+    ValueError
+        Naming the option, e.g. ``--batch-size must be >= 1, got 0``.
+    """
+    limits = {"epochs": 0, "batch_size": 1, "max_train_examples": 1, "max_eval_examples": 1, "lr": 0}
+    check_fields(config, at_least=limits)
+
+
+def check_fields(
+    config: Any,
+    *,
+    choices: Mapping[str, Sequence[Any]] | None = None,
+    at_least: Mapping[str, float] | None = None,
+    positive: Sequence[str] = (),
+) -> None:
+    """Check config fields: ``choices`` (allowed values), ``at_least`` (minimums), ``positive`` (> 0).
+
+    A field that is ``None`` passes the numeric checks (it is optional).
+
+    Raises
+    ------
+    ValueError
+        Naming the option, e.g. ``--bits must be >= 1, got 0``.
+    """
+    for name, allowed in (choices or {}).items():
+        value = getattr(config, name)
+        if value not in allowed:
+            raise ValueError(
+                f"--{name.replace('_', '-')} must be one of {', '.join(map(str, allowed))}, got {value!r}"
+            )
+    for name, minimum in (at_least or {}).items():
+        value = getattr(config, name)
+        if value is not None and not value >= minimum:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= {minimum:g}, got {value}")
+    for name in positive:
+        value = getattr(config, name)
+        if value is not None and not value > 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+
+
 def parse_config(
     cls: type[ConfigT],
     argv: Sequence[str] | None = None,
     *,
     description: str | None = None,
     choices: Mapping[str, Sequence[Any]] | None = None,
+    check: Callable[[ConfigT], None] | None = None,
 ) -> ConfigT:
     """A config of dataclass ``cls`` from command-line arguments.
 
     Every field becomes an option (``batch_size`` is ``--batch-size``); a
     boolean gets ``--name`` and ``--no-name``; an optional field accepts
-    ``none``.  The field's documentation in the class docstring is not
-    repeated: ``--help`` shows the defaults.
+    ``none``.  Each option's help is the field's description in the class
+    docstring (:func:`field_docs`), with its choices and default.  A bad
+    value (a number that does not parse, a choice not offered, or one that
+    ``check(config)`` or :func:`check_run_config` refuses with a
+    ``ValueError``) ends the program with a one-line usage error.
     """
     parser = argparse.ArgumentParser(
         description=description or cls.__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
+    docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         kind, optional = _field_parser(hints[field.name])
         flag = "--" + field.name.replace("_", "-")
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
+        help_text = docs.get(field.name, field.name.replace("_", " ")).replace("%", "%%")
         if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
             continue
 
         def convert(text: str, kind: Any = kind, optional: bool = optional) -> Any:
@@ -473,10 +587,22 @@ def parse_config(
             return kind(text)
 
         convert.__name__ = getattr(kind, "__name__", "value")
-        extra = {"choices": list(choices[field.name])} if choices and field.name in choices else {}
-        parser.add_argument(flag, type=convert, default=default, **extra)
+        extra: dict[str, Any] = {}
+        if choices and field.name in choices:
+            extra["choices"] = list(choices[field.name])
+            help_text += " (one of %(choices)s)"
+        elif optional:
+            help_text += " ('none' allowed)"
+        parser.add_argument(flag, type=convert, default=default, help=help_text, **extra)
     namespace = parser.parse_args(argv)
-    return cls(**vars(namespace))
+    config = cls(**vars(namespace))
+    try:
+        check_run_config(config)
+        if check is not None:
+            check(config)
+    except ValueError as error:
+        parser.error(str(error))
+    return config
 
 
 def to_arguments(config: RunConfig) -> list[str]:

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -205,6 +206,23 @@ def test_compare_writes_a_table_and_plots(tmp_path):
     assert again == table
     with pytest.raises(ValueError, match="unknown methods"):
         compare.compare("bitvector", ["dense"], overrides, tmp_path)
+    # Several seeds: mean ± std in the table, one CSV row per method and seed.
+    table, results = compare.compare(
+        "bitvector", ["sfe", "sparsemap"], overrides, tmp_path / "seeds", seeds=3
+    )
+    assert lines[0].replace("| method |", "| method | seeds |") == table.splitlines()[0]
+    values = [run["test"]["negative_elbo"] for run in results["sfe"]]
+    assert [run["config"]["seed"] for run in results["sfe"]] == [0, 1, 2]
+    assert len(set(values)) == 3
+    mean, std = float(np.mean(values)), float(np.std(values, ddof=1))
+    sfe_row = next(line for line in table.splitlines() if line.startswith("| sfe |"))
+    assert "| 3 |" in sfe_row and f"{mean:.1f} ± {std:.1f}" in sfe_row
+    rows = (tmp_path / "seeds" / "bitvector" / "results.csv").read_text().splitlines()
+    assert rows[0].startswith("method,seed,nll_bits_per_dim,negative_elbo") and len(rows) == 7
+    assert rows[1].startswith("sfe,0,") and rows[3].startswith("sfe,2,")
+    assert (tmp_path / "seeds" / "bitvector" / "sfe" / "seed2" / "result.json").exists()
+    with pytest.raises(ValueError, match="seeds"):
+        compare.compare("bitvector", ["sfe"], overrides, tmp_path, seeds=0)
 
 
 def test_compare_command_line(tmp_path, capsys):
@@ -238,3 +256,31 @@ def test_compare_command_line(tmp_path, capsys):
         compare.main(["bitvector", "--no-such-option", "1"])
     with pytest.raises(SystemExit):
         compare.main(["nothing"])
+    capsys.readouterr()
+    for argv, message in [
+        (["bitvector", "--bits", "0"], "--bits must be >= 1, got 0"),
+        (["bitvector", "--seeds", "0"], "--seeds"),
+        (["all", "--methods", "nothing"], "no experiment has the methods nothing"),
+        (["signaling", "--methods", "topk_sparsemax"], "unknown methods topk_sparsemax"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            compare.main(argv)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (argv, err)
+
+
+def test_reuse_freed_memory_applies_on_glibc():
+    import platform
+    import sys
+
+    applied = harness.reuse_freed_memory()
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert applied
+    # The decoder's likelihood is still the 256-way cross-entropy of every pixel.
+    model = bitvector_vae.BitVectorVAE(bitvector_vae.BitVectorConfig(bits=4, hidden=8, method="sfe"))
+    z = torch.bernoulli(torch.full((3, 4), 0.5))
+    images = torch.randint(0, 256, (3, bitvector_vae.PIXELS), dtype=torch.uint8)
+    logits = model.decoder.pixel(model.decoder.body(z).reshape(3, bitvector_vae.PIXELS, 5))
+    expected = -torch.log_softmax(logits, -1).gather(-1, images.long()[..., None]).squeeze(-1).sum(-1)
+    assert torch.allclose(model.decoder.negative_log_likelihood(z, images.long()), expected, atol=1e-3)

@@ -211,7 +211,7 @@ def test_compare_runs_each_method_on_two_processes(tmp_path, capsys):
     overrides = {key: value for key, value in SETTINGS["bitvector"].items() if key != "method"}
     overrides.update(progress=False, device="cpu", epochs=1)
     table, results = compare.compare("bitvector", ["sparsemap", "sfe"], overrides, tmp_path, nproc=2)
-    assert [result["world_size"] for result in results.values()] == [2, 2]
+    assert [runs[0]["world_size"] for runs in results.values()] == [2, 2]
     assert "| sparsemap |" in table and "| sfe |" in table
     # A finished method is reused, not retrained.
     _, again = compare.compare("bitvector", ["sparsemap"], overrides, tmp_path, nproc=2)

@@ -173,3 +173,80 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             harness.resolve_device("cuda")
+
+
+def test_every_option_of_every_experiment_has_help_and_bad_values_are_one_line_errors(capsys):
+    from experiments import bitvector_vae, signaling, ssvae
+
+    for module in (signaling, ssvae, bitvector_vae):
+        with pytest.raises(SystemExit) as exit_info:
+            module.main(["--help"])
+        assert exit_info.value.code == 0
+        text = capsys.readouterr().out
+        config_class = {
+            signaling: signaling.SignalingConfig,
+            ssvae: ssvae.SemiSupervisedConfig,
+            bitvector_vae: bitvector_vae.BitVectorConfig,
+        }[module]
+        docs = harness.field_docs(config_class)
+        for field in dataclasses.fields(config_class):
+            assert docs.get(field.name), (module.__name__, field.name)
+        assert "(one of sfe, sfe_plus" in text or "(one of sfe_nll" in text or "(one of dense" in text
+    assert "--scoring {paper,standard}" in " ".join(harness_help(bitvector_vae).split())
+    for module, argv, message in [
+        (bitvector_vae, ["--bits", "0"], "--bits must be >= 1, got 0"),
+        (bitvector_vae, ["--scoring", "odd"], "invalid choice"),
+        (signaling, ["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+        (signaling, ["--sender-temperature", "0"], "--sender-temperature must be > 0"),
+        (ssvae, ["--classifier-lr", "-1"], "--classifier-lr must be >= 0"),
+        (ssvae, ["--epochs", "x"], "invalid"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            module.main(argv)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+
+
+def harness_help(module) -> str:
+    import contextlib
+    import io
+
+    stream = io.StringIO()
+    with contextlib.redirect_stdout(stream), pytest.raises(SystemExit):
+        module.main(["--help"])
+    return stream.getvalue()
+
+
+def test_field_docs_and_check_fields():
+    @dataclasses.dataclass
+    class Settings(harness.RunConfig):
+        """Settings.
+
+        Attributes
+        ----------
+        width, depth : int
+            Sizes of the
+            network (see :class:`Thing`).
+        mode : str
+            ``a`` or ``b``.
+        """
+
+        width: int = 1
+        depth: int = 1
+        mode: str = "a"
+
+    docs = harness.field_docs(Settings)
+    assert docs["width"] == docs["depth"] == "Sizes of the network (see Thing)."
+    assert docs["mode"] == "a or b."
+    assert docs["seed"].startswith("Seeds the parameters")  # from RunConfig
+    harness.check_fields(Settings(), choices={"mode": ("a", "b")}, at_least={"width": 1}, positive=("depth",))
+    with pytest.raises(ValueError, match="--mode must be one of a, b, got 'c'"):
+        harness.check_fields(Settings(mode="c"), choices={"mode": ("a", "b")})
+    with pytest.raises(ValueError, match="--width must be >= 2, got 1"):
+        harness.check_fields(Settings(), at_least={"width": 2})
+    with pytest.raises(ValueError, match="--depth must be > 0, got 0"):
+        harness.check_fields(Settings(depth=0), positive=("depth",))
+    with pytest.raises(ValueError, match="--batch-size must be >= 1"):
+        harness.check_run_config(Settings(batch_size=0))
+    harness.check_run_config(Settings(lr=None, max_train_examples=None))

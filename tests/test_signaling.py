@@ -86,6 +86,13 @@ def test_each_method_learns_to_communicate(method, tmp_path):
     assert test["symbols_used"] > 1
 
 
+@pytest.mark.parametrize("method", ["dense", "sparsemax"])
+def test_the_mlp_sender_learns_to_communicate(method, tmp_path):
+    result = train(tiny(method, tmp_path, sender="mlp", epochs=4))
+    assert result["test"]["success_percent"] > 60, result["test"]
+    assert result["test"]["expected_success_percent"] > 50, result["test"]
+
+
 def test_a_sender_blind_to_its_image_leaves_the_receiver_at_chance(tmp_path, monkeypatch):
     # The same training with the sender's input zeroed: its symbol carries no information, so
     # nothing else (the target's position, say) may let the receiver beat chance.
@@ -198,7 +205,7 @@ def test_relaxed_and_one_hot_messages_give_the_same_receiver_scores(tmp_path):
     looked_up = game.receiver_logits(candidates, example, z.detach())
     assert torch.allclose(relaxed, looked_up, atol=1e-5)
     manual = torch.stack(
-        [candidates[e] @ game.receiver.symbols.weight[k] for e, k in zip(example, z.argmax(-1), strict=True)]
+        [candidates[e] @ game.receiver.message_table()[k] for e, k in zip(example, z.argmax(-1), strict=True)]
     )
     assert torch.allclose(relaxed, manual, atol=1e-5)
     # A soft message mixes the symbols' embeddings, and its gradient reaches z.
@@ -225,8 +232,17 @@ def test_paper_settings(tmp_path):
     for method in ("sfe_01", "gumbel", "sparsemax"):
         model = signaling.SignalingExperiment(tiny(method, tmp_path, entropy_weight=None)).model
         assert model.estimator.entropy_weight == signaling.ENTROPY_WEIGHTS[method]
-    gumbel = signaling.SignalingExperiment(tiny("st_gumbel", tmp_path)).model.estimator
-    assert (gumbel.tau0, gumbel.tau_min, gumbel.anneal_rate) == (1.0, 1.0, 0.0)
+    game = signaling.SignalingExperiment(tiny("st_gumbel", tmp_path)).model
+    gumbel = game.estimator
+    assert (gumbel.tau0, gumbel.tau_min, gumbel.anneal_rate, gumbel.anneal_every) == (1.0, 0.5, 1e-5, 1000)
+    # The research code's Gumbel receiver: a bias-free Linear(V -> E) with the default initialization.
+    assert isinstance(game.receiver.symbols, torch.nn.Linear) and game.receiver.symbols.bias is None
+    assert game.receiver.message_table().shape == (32, 32)
+    assert game.receiver.message_table().abs().max() <= 1 / math.sqrt(32)
+    assert isinstance(
+        signaling.SignalingExperiment(tiny("dense", tmp_path)).model.receiver.symbols, torch.nn.Embedding
+    )
+    assert config.sender == "paper" and config.image_features == "pixels"
     # The sender is the research code's convolutions, its scores divided by the temperature.
     sender = signaling.Sender(8, 4, 6, 5, temperature=10.0)
     images = torch.randn(3, 8)
@@ -234,6 +250,160 @@ def test_paper_settings(tmp_path):
     collapsed = torch.sigmoid(sender.collapse(maps.transpose(1, 2)))  # (3, 1, 1, 4)
     expected = sender.vocabulary(collapsed.reshape(3, 4)) / 10.0
     assert torch.allclose(sender(images), expected, atol=1e-6)
+
+
+def test_gumbel_temperature_follows_the_research_codes_schedule_every_1000_steps(tmp_path):
+    game = signaling.SignalingExperiment(tiny("gumbel", tmp_path)).model
+    estimator = game.estimator
+    game.train()
+    scores = torch.zeros(2, 32)
+
+    def temperature_at(step: int) -> float:
+        estimator.step.fill_(step)
+        estimator(scores, lambda example, z: z.sum(-1))
+        return float(estimator.temperature)
+
+    for step, expected in [(0, 1.0), (999, 1.0), (1000, math.exp(-0.01)), (1999, math.exp(-0.01))]:
+        assert temperature_at(step) == pytest.approx(expected, rel=1e-6), step
+    assert temperature_at(54_321) == pytest.approx(math.exp(-1e-5 * 54_000), rel=1e-6)
+    assert temperature_at(200_000) == pytest.approx(0.5)  # max(0.5, exp(-2))
+    # Evaluation takes no step and keeps the temperature.
+    game.eval()
+    estimator(scores, lambda example, z: z.sum(-1))
+    assert int(estimator.step) == 200_001 and float(estimator.temperature) == pytest.approx(0.5)
+
+
+def test_expected_success_matches_a_hand_computation():
+    # Two games of 3 candidates, 2-d embeddings, 3 symbols.
+    table = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]])  # symbol embeddings (V, E)
+    candidates = torch.tensor(
+        [
+            [[2.0, 0.0], [0.0, 3.0], [1.0, 1.0]],  # symbol 0 -> 0, symbol 1 -> 1, symbol 2 -> 0
+            [[0.0, 1.0], [1.0, 0.5], [-2.0, -2.0]],  # symbol 0 -> 1, symbol 1 -> 0, symbol 2 -> 2
+        ]
+    )
+    target = torch.tensor([1, 2])
+    probs = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.0, 0.9]])
+    # Game 0: only symbol 1 picks candidate 1 -> 0.3.  Game 1: only symbol 2 picks 2 -> 0.9.
+    got = signaling.expected_success(probs, candidates, table, target)
+    assert torch.allclose(got, torch.tensor([0.3, 0.9]))
+    # A one-hot distribution gives the 0/1 success of that symbol.
+    one_hot = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    assert torch.equal(
+        signaling.expected_success(one_hot, candidates, table, target), torch.tensor([0.0, 1.0])
+    )
+
+
+@pytest.mark.parametrize("method", ["sparsemax", "gumbel"])
+def test_evaluation_reports_expected_and_argmax_success(method, tmp_path):
+    experiment = signaling.SignalingExperiment(tiny(method, tmp_path))
+    metrics = experiment.evaluate("test")
+    assert 0 <= metrics["expected_success_percent"] <= 100
+    # Recompute the expected success by enumerating every symbol for every game.
+    model, pool, games = experiment.model, experiment.pools["test"], experiment.eval_games["test"]
+    with torch.no_grad():
+        scores = model.sender(pool.features[games.target_images()])
+        probs = model.estimator.distribution(scores) if method == "sparsemax" else torch.softmax(scores, -1)
+        candidates = model.receiver.candidates(pool.features[games.images])
+        total = 0.0
+        for symbol in range(32):
+            log_probs = model.receiver.log_probs(torch.full((len(games),), symbol), candidates)
+            total += float((probs[:, symbol] * (log_probs.argmax(-1) == games.target)).sum())
+    assert metrics["expected_success_percent"] == pytest.approx(100 * total / len(games), abs=1e-6)
+    assert metrics["score_spread_images"] > 0 and metrics["score_spread_symbols"] > 0
+
+
+def test_mlp_sender_and_the_score_spread_of_the_paper_sender(tmp_path):
+    sender = signaling.MLPSender(8, 6, 5, temperature=10.0)
+    images = torch.randn(3, 8)
+    expected = sender.vocabulary(torch.tanh(sender.hidden(images))) / 10.0
+    assert torch.allclose(sender(images), expected)
+    game = signaling.SignalingExperiment(tiny("sparsemax", tmp_path, sender="mlp")).model
+    assert isinstance(game.sender, signaling.MLPSender)
+    # The spread: the standard deviation over images of each symbol's score, and over symbols.
+    scores = torch.tensor([[0.0, 1.0, 2.0], [2.0, 1.0, 0.0]])
+    spread = signaling.score_spread(scores)
+    assert spread["score_spread_images"] == pytest.approx(float(np.std([0, 2], ddof=1) * 2 / 3))
+    assert spread["score_spread_symbols"] == pytest.approx(1.0)
+    # At initialization the paper's sender hardly depends on its input; the MLP sender does.
+    features = torch.as_tensor(signaling.synthetic_features(512, 0)[0])
+    torch.manual_seed(0)
+    paper = signaling.score_spread(signaling.Sender(64, 256, 512, 256, temperature=10.0)(features))
+    mlp = signaling.score_spread(signaling.MLPSender(64, 256, 256, temperature=10.0)(features))
+    assert paper["score_spread_images"] < 0.01 * paper["score_spread_symbols"], paper
+    assert mlp["score_spread_images"] > 0.1 * mlp["score_spread_symbols"], mlp
+
+
+def generated_images(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 "images" of 16 pixels in 3 classes: each class brightens its own block of pixels."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, size=count)
+    pixels = rng.integers(0, 80, size=(count, 16))
+    for label in range(3):
+        pixels[labels == label, 5 * label : 5 * label + 5] += 150
+    return pixels.astype(np.uint8), labels.astype(np.int64)
+
+
+def test_classifier_features_are_trained_on_the_training_images_only_and_cached(tmp_path, monkeypatch):
+    train_images, train_labels = generated_images(300, 0)
+    held_out, held_out_labels = generated_images(100, 1)
+    first = signaling.classifier_features(
+        train_images, train_labels, {"train": train_images, "test": held_out}, hidden=8, cache_dir=tmp_path
+    )
+    assert first["train"].shape == (300, 8) and first["test"].shape == (100, 8)
+    assert first["test"].dtype == np.float32 and (first["test"] >= 0).all()  # ReLU features
+    cached = list(tmp_path.glob("classifier-*.pt"))
+    assert len(cached) == 1
+    # The classifier learned the classes: a nearest-class-mean rule on its held-out features works.
+    means = np.stack([first["train"][train_labels == label].mean(0) for label in range(3)])
+    guess = ((first["test"][:, None, :] - means[None]) ** 2).sum(-1).argmin(-1)
+    assert (guess == held_out_labels).mean() > 0.9
+    # The second call trains nothing: it loads the cached weights.
+    monkeypatch.setattr(torch.optim, "Adam", None)
+    again = signaling.classifier_features(
+        train_images, train_labels, {"other": held_out[:10]}, hidden=8, cache_dir=tmp_path
+    )
+    assert np.array_equal(again["other"], first["test"][:10])
+    monkeypatch.undo()
+    # Other held-out images change nothing; other training data or seed is another classifier.
+    signaling.classifier_features(train_images[:200], train_labels[:200], {}, hidden=8, cache_dir=tmp_path)
+    signaling.classifier_features(train_images, train_labels, {}, hidden=8, seed=5, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("classifier-*.pt"))) == 3
+    # Seeded: a fresh cache gives the same features.
+    fresh = signaling.classifier_features(
+        train_images, train_labels, {"test": held_out}, hidden=8, cache_dir=tmp_path / "fresh"
+    )
+    assert np.allclose(fresh["test"], first["test"], atol=1e-6)
+
+
+def test_classifier_image_features_see_only_the_training_split(tmp_path, monkeypatch):
+    from experiments import data
+
+    images, labels = generated_images(400, 2)
+    splits = {
+        "train": data.Split(images[:300], labels[:300], "fashion-mnist", "train"),
+        "valid": data.Split(images[300:350], labels[300:350], "fashion-mnist", "valid"),
+        "test": data.Split(images[350:], labels[350:], "fashion-mnist", "test"),
+    }
+    monkeypatch.setattr(data, "load_splits", lambda *args, **kwargs: splits)
+    seen = {}
+    original = signaling.classifier_features
+
+    def spy(train_images, train_labels, arrays, **kwargs):
+        seen["train"] = train_images
+        return original(train_images, train_labels, arrays, hidden=8, cache_dir=tmp_path / "cache")
+
+    monkeypatch.setattr(signaling, "classifier_features", spy)
+    config = tiny(
+        "sparsemax", tmp_path, dataset="fashion-mnist", image_features="classifier", max_train_examples=200
+    )
+    experiment = signaling.SignalingExperiment(config)
+    assert np.array_equal(seen["train"], images[:300])
+    pools = experiment.pools
+    assert [len(pools[name]) for name in ("train", "valid", "test")] == [200, 50, 50]
+    assert pools["test"].features.shape[1] == 8
+    norms = pools["test"].features.norm(dim=-1)
+    assert torch.all(((norms - 1).abs() < 1e-5) | (norms == 0))
 
 
 # ---------------------------------------------------------------------------- games

@@ -11,7 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from experiments import data, ssvae  # noqa: E402
+from experiments import data, harness, ssvae  # noqa: E402
 from experiments.estimators import CATEGORICAL_ESTIMATORS  # noqa: E402
 
 
@@ -35,6 +35,7 @@ def tiny(method: str, tmp_path, **overrides) -> ssvae.SemiSupervisedConfig:
         warmup_epochs=1,
         lr=5e-3,
         warmup_lr=5e-3,
+        lr_setting="paper",
         classifier_hidden=32,
         hidden=32,
         latent_dim=4,
@@ -291,6 +292,14 @@ def test_mnist_falls_back_to_fashion_mnist_with_a_notice(tmp_path, monkeypatch, 
     assert torch.bincount(loaded.train_labels[loaded.labeled], minlength=10).tolist() == [2] * 10
     assert set(loaded.eval_images["test"].unique().tolist()) <= {0, 1}
 
+    # Within notices_once (a compare run), the notice is printed for the first load only.
+    with ssvae.notices_once():
+        for _ in range(3):
+            ssvae.load_data(config)
+    assert capsys.readouterr().err.count("falling back to fashion-mnist") == 1
+    ssvae.load_data(config)
+    assert capsys.readouterr().err.count("falling back to fashion-mnist") == 1
+
     # Fashion-MNIST asked for directly: no fallback, and its failure is reported as is.
     requests.clear()
     assert ssvae.load_data(dataclasses.replace(config, dataset="fashion-mnist")).dataset == "fashion-mnist"
@@ -312,6 +321,65 @@ def test_bad_settings_are_refused(tmp_path):
         ssvae.SemiSupervisedExperiment(tiny("topk_sparsemax", tmp_path))
     with pytest.raises(ValueError, match="phase"):
         ssvae.SemiSupervisedExperiment(tiny("dense", tmp_path), phase="pretraining")
+    with pytest.raises(ValueError, match="--lr-setting"):
+        ssvae.SemiSupervisedExperiment(tiny("dense", tmp_path, lr_setting="fast"))
+    with pytest.raises(ValueError, match="--hidden-layers"):
+        ssvae.SemiSupervisedExperiment(tiny("dense", tmp_path, hidden_layers=0))
+    with pytest.raises(ValueError, match="--classifier-lr"):
+        ssvae.SemiSupervisedExperiment(tiny("dense", tmp_path, classifier_lr=-1.0))
+
+
+def test_classifier_and_the_rest_have_their_own_learning_rates_saved_and_restored(tmp_path):
+    def rates(experiment):
+        return {group["name"]: group["lr"] for group in experiment.optimizer.param_groups}
+
+    stable = ssvae.SemiSupervisedExperiment(tiny("nvil", tmp_path, lr=None, lr_setting="stable"))
+    assert rates(stable) == {"classifier": 1e-4, "model": 1e-3}
+    # The groups hold every parameter once; the classifier's group exactly the classifier's.
+    groups = stable.optimizer.param_groups
+    assert {id(p) for p in groups[0]["params"]} == {id(p) for p in stable.model.classifier.parameters()}
+    assert sorted(id(p) for group in groups for p in group["params"]) == sorted(
+        id(p) for p in stable.model.parameters()
+    )
+    paper = ssvae.SemiSupervisedExperiment(tiny("sparsemax", tmp_path, lr=None, lr_setting="paper"))
+    assert rates(paper) == {"classifier": 5e-4, "model": 5e-4}
+    explicit = ssvae.SemiSupervisedExperiment(tiny("dense", tmp_path, classifier_lr=2e-4))
+    assert rates(explicit) == {"classifier": 2e-4, "model": 5e-3}
+    warm = ssvae.SemiSupervisedExperiment(tiny("dense", tmp_path, classifier_lr=2e-4), phase="warmup")
+    assert rates(warm) == {"classifier": 5e-3, "model": 5e-3}
+    # A zero classifier rate freezes the classifier and nothing else.
+    config = tiny("dense", tmp_path, classifier_lr=0.0, epochs=1, warmup_epochs=0)
+    frozen = ssvae.SemiSupervisedExperiment(config)
+    before = [p.detach().clone() for p in frozen.model.classifier.parameters()]
+    decoder_before = [p.detach().clone() for p in frozen.model.decoder.parameters()]
+    harness.train(frozen, config)
+    assert all(torch.equal(a, b) for a, b in zip(before, frozen.model.classifier.parameters(), strict=True))
+    assert not all(
+        torch.equal(a, b) for a, b in zip(decoder_before, frozen.model.decoder.parameters(), strict=True)
+    )
+    # The rates are saved in the checkpoint and a resumed run gets them back.
+    config = tiny("dense", tmp_path / "saved", classifier_lr=3e-4, epochs=1, warmup_epochs=0)
+    harness.train(ssvae.SemiSupervisedExperiment(config), config)
+    saved = torch.load(tmp_path / "saved" / "dense" / harness.CHECKPOINT, weights_only=False)
+    assert [group["lr"] for group in saved["optimizer"]["param_groups"]] == [3e-4, 5e-3]
+    assert saved["config"]["classifier_lr"] == 3e-4
+    same = dataclasses.replace(config, resume=True)
+    resumed = ssvae.SemiSupervisedExperiment(same)
+    for group in resumed.optimizer.param_groups:
+        group["lr"] = 1.0
+    harness.train(resumed, same)
+    assert rates(resumed) == {"classifier": 3e-4, "model": 5e-3}
+
+
+def test_networks_follow_the_research_code(tmp_path):
+    model = ssvae.SemiSupervisedExperiment(tiny("nvil", tmp_path, classifier_hidden=256, hidden=128)).model
+    shapes = lambda net: [tuple(m.weight.shape) for m in net if isinstance(m, torch.nn.Linear)]  # noqa: E731
+    assert shapes(model.estimator.baseline_net) == [(512, 784), (512, 512), (512, 512), (1, 512)]
+    assert shapes(model.encoder) == [(128, 794), (128, 128), (8, 128)]
+    assert shapes(model.decoder) == [(128, 14), (128, 128), (784, 128)]
+    assert shapes(model.classifier) == [(256, 784), (256, 256), (256, 256), (10, 256)]
+    one = ssvae.SemiSupervisedExperiment(tiny("dense", tmp_path, hidden_layers=1)).model
+    assert shapes(one.encoder) == [(32, 794), (8, 32)]
 
 
 @pytest.mark.parametrize(
@@ -405,3 +473,34 @@ def test_docstring_examples():
 
     result = doctest.testmod(ssvae, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted >= 2 and result.failed == 0
+
+
+def test_compare_has_a_supervised_only_row_and_per_seed_results(tmp_path):
+    from experiments import compare
+
+    overrides = dict(
+        dataset="synthetic",
+        synthetic_size=100,
+        labeled=20,
+        batch_size=20,
+        epochs=1,
+        warmup_epochs=1,
+        classifier_hidden=16,
+        hidden=16,
+        latent_dim=4,
+        eval_batch_size=50,
+        progress=False,
+        max_eval_examples=None,
+    )
+    table, results = compare.compare("ssvae", ["dense", "sfe"], overrides, tmp_path, seeds=2)
+    assert [len(runs) for runs in results.values()] == [2, 2]
+    assert [run["config"]["seed"] for run in results["sfe"]] == [0, 1]
+    rows = {line.split(" | ")[0][2:]: line for line in table.splitlines()[2:]}
+    assert set(rows) == {"dense", "sfe", compare.SUPERVISED_ONLY}
+    # The supervised-only row is the warm start's test accuracy, mean ± std over the seeds.
+    warm = [run["warmup"]["test"]["accuracy_percent"] for run in results["dense"]]
+    mean, std = float(np.mean(warm)), float(np.std(warm, ddof=1))
+    assert f"{mean:.2f} ± {std:.2f}" in rows[compare.SUPERVISED_ONLY]
+    lines = (tmp_path / "ssvae" / "results.csv").read_text().splitlines()
+    assert lines[0].startswith("method,seed,accuracy_percent,")
+    assert len(lines) == 1 + 2 * 3
