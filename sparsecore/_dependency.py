@@ -92,7 +92,9 @@ class DependencyTree:
         return xp.argmax(arcs, axis=-2)
 
     def argmax(self, v: Any) -> Any:
-        xp = _check_scores(v, self.dim, "v")
+        return self._argmax_unchecked(v, xp=_check_scores(v, self.dim, "v"))
+
+    def _argmax_unchecked(self, v: Any, *, xp: Any) -> Any:
         if self.projective:
             _, atoms = _eisner(self, v, 1, xp=xp)
             return atoms[..., 0, :]

@@ -101,7 +101,9 @@ class Sequence:
         return xp.argmax(unary, axis=-1)
 
     def argmax(self, v: Any) -> Any:
-        xp = _check_scores(v, self.dim, "v")
+        return self._argmax_unchecked(v, xp=_check_scores(v, self.dim, "v"))
+
+    def _argmax_unchecked(self, v: Any, *, xp: Any) -> Any:
         unary, transitions = self._parts(v, xp=xp)
         # Backward over the positions: best[s] is the best score of a suffix
         # starting in state s, so that following the (first-maximum) pointers

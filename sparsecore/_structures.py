@@ -66,6 +66,20 @@ def _check_scores(t: Any, dim: int, name: str = "t") -> Any:
     return xp
 
 
+def unchecked_argmax(structure: Any, v: Any, *, xp: Any) -> Any:
+    """``structure.argmax(v)`` without checking ``v`` again.
+
+    The solvers check their input once at the public boundary and call the
+    oracle at every step: the structures of this package skip their checks
+    through ``_argmax_unchecked``; any other structure gets its public
+    ``argmax``.
+    """
+    method = getattr(structure, "_argmax_unchecked", None)
+    if method is None:
+        return structure.argmax(v)
+    return method(v, xp=xp)
+
+
 def check_structure_input(t: Any, structure: Any, methods: tuple[str, ...]) -> None:
     """Raise unless ``structure`` has ``dim`` and ``methods`` and ``t`` is (..., dim)."""
     if not all(hasattr(structure, name) for name in ("dim", *methods)):
@@ -99,7 +113,9 @@ class Categorical:
         return self.size
 
     def argmax(self, v: Any) -> Any:
-        xp = _check_scores(v, self.size, "v")
+        return self._argmax_unchecked(v, xp=_check_scores(v, self.size, "v"))
+
+    def _argmax_unchecked(self, v: Any, *, xp: Any) -> Any:
         return _one_hot(xp.argmax(v, axis=-1), self.size, v.dtype, xp=xp)
 
     def kbest(self, t: Any, k: int) -> tuple[Any, Any]:
@@ -132,7 +148,9 @@ class BitVector:
         return self.size
 
     def argmax(self, v: Any) -> Any:
-        xp = _check_scores(v, self.size, "v")
+        return self._argmax_unchecked(v, xp=_check_scores(v, self.size, "v"))
+
+    def _argmax_unchecked(self, v: Any, *, xp: Any) -> Any:
         return xp.astype(v >= 0, v.dtype)
 
     def sparsemap_closed_form(self, t: Any) -> tuple[Any, Any]:
@@ -220,7 +238,9 @@ class Budget:
         return self.size
 
     def argmax(self, v: Any) -> Any:
-        xp = _check_scores(v, self.size, "v")
+        return self._argmax_unchecked(v, xp=_check_scores(v, self.size, "v"))
+
+    def _argmax_unchecked(self, v: Any, *, xp: Any) -> Any:
         nonnegative = v >= 0
         if self.budget == 0:
             return xp.zeros_like(v)

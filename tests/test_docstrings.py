@@ -11,7 +11,7 @@ MODULES = [
     "sparsecore._sparsemax",
     "sparsecore._topk",
     "sparsecore._structured_topk",
-    "sparsecore._sparsemap",
+    "sparsecore._sparsemap._public",
     "sparsecore._sequence",
     "sparsecore._dependency",
     "sparsecore_torch._functions",

@@ -15,7 +15,7 @@ from backends import asarray, require_backend, to_numpy
 from reference import long_rows, sparsemax_bisect
 
 import sparsecore
-import sparsecore._sparsemap as sparsemap_module
+import sparsecore._sparsemap._driver as sparsemap_module
 import sparsecore._sparsemax as sparsemax_module
 
 INF, NAN = np.inf, np.nan

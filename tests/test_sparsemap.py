@@ -195,13 +195,13 @@ def test_doubtful_rows_are_recomputed_and_finish(backend, request, monkeypatch):
     # doubtful, with its inverse and its solution vectors corrupted, whenever
     # it is about to take an atom with an inverse that was not just
     # recomputed: only the recomputation brings it to the projection.
-    from sparsecore import _sparsemap
+    from sparsecore._sparsemap import _driver, _step
 
-    iterate = _sparsemap._iterate
+    iterate = _step._iterate
 
     def flagging(state, new_slot, room, structure, *, xp):
         update = iterate(state, new_slot, room, structure, xp=xp)
-        rows = xp.arange(state.t.shape[0], device=_sparsemap.device(state.t))
+        rows = xp.arange(state.t.shape[0], device=_step.device(state.t))
         flag = update.grow & ~state.fresh & (rows % 2 == 0)
         keep = flag[:, None]
         garbage = xp.astype(state.active, state.t.dtype)  # inverse += 0.5 * outer(1_S, 1_S)
@@ -217,15 +217,17 @@ def test_doubtful_rows_are_recomputed_and_finish(backend, request, monkeypatch):
             doubtful=update.doubtful | flag,
         )
 
-    def no_fallback(t, structure, slots, max_iter, tol, *, xp):
-        # The solve-per-step loop would also fix corrupted rows: it must not run.
+    def no_fallback(t, *, structure, slots, max_iter, tol):
+        # The solve-per-step retry would also fix corrupted rows: it must not run.
+        xp = _driver.array_namespace(t)
         shape = (t.shape[0], slots)
-        nothing = xp.zeros(shape, dtype=t.dtype, device=_sparsemap.device(t))
-        atoms = xp.zeros((*shape, t.shape[1]), dtype=t.dtype, device=_sparsemap.device(t))
-        return nothing, atoms, xp.zeros((t.shape[0],), dtype=xp.bool, device=_sparsemap.device(t))
+        nothing = xp.zeros(shape, dtype=t.dtype, device=_step.device(t))
+        atoms = xp.zeros((*shape, t.shape[1]), dtype=t.dtype, device=_step.device(t))
+        return nothing, atoms, xp.zeros((t.shape[0],), dtype=xp.bool, device=_step.device(t))
 
-    monkeypatch.setattr(_sparsemap, "_iterate", flagging)
-    monkeypatch.setattr(_sparsemap, "_active_set_fixed", no_fallback)
+    monkeypatch.setattr(_step, "_iterate", flagging)
+    monkeypatch.setattr(_driver, "_iterate", flagging)
+    monkeypatch.setattr(_driver, "_retry", no_fallback)
     t = np.random.default_rng(9).standard_normal((6, 10))
     if backend == "numpy":
         solve = lambda v: sparsemap(v, Budget(10, 4), return_converged=True)  # noqa: E731

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import sparsecore
-from sparsecore._lib._validation import check_k, check_nan_policy, normalize_axis
+from sparsecore.internal import check_k, check_nan_policy, normalize_axis
 
 __all__ = ["sparsemap", "sparsemax", "topk_is_exact", "topk_sparsemax", "topk_sparsemax_structured"]
 

@@ -21,7 +21,7 @@ import array_api_compat.torch as xp
 import torch
 
 import sparsecore
-from sparsecore._lib._validation import check_floating, check_k, check_nan_policy, normalize_axis
+from sparsecore.internal import check_floating, check_k, check_nan_policy, normalize_axis
 
 # The Triton kernels on CUDA tensors: each _gpu call falls back to the core's
 # rule it replaces.
@@ -98,7 +98,12 @@ class SparsemaxEager(torch.autograd.Function):
 
 
 def _transforms_active() -> bool:
-    """Whether a ``torch.func`` transform (grad, vmap, ...) is running."""
+    """Whether a ``torch.func`` transform (grad, vmap, ...) is running.
+
+    PyTorch has no public API for this (2.x); the private flag is read
+    through ``getattr`` so that its absence in another release takes the
+    always-correct :class:`SparsemaxFunction` path instead of failing.
+    """
     active = getattr(torch._C, "_are_functorch_transforms_active", None)
     return True if active is None else bool(active())
 

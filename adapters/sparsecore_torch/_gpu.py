@@ -28,10 +28,8 @@ from typing import Any
 import array_api_compat.torch as xp
 import torch
 
-from sparsecore._lib._arrays import raise_on_nan
-from sparsecore._lib._dispatch import kernels_enabled
-from sparsecore._sparsemax import sparsemax_checked, sparsemax_vjp_checked
-from sparsecore._topk import topk_sparsemax
+from sparsecore import topk_sparsemax
+from sparsecore.internal import kernels_enabled, raise_on_nan, sparsemax_checked, sparsemax_vjp_checked
 
 __all__ = [
     "interpret_on_cpu",
@@ -84,7 +82,12 @@ def interpret_on_cpu() -> Iterator[ModuleType]:
 
 def _plain(x: torch.Tensor) -> bool:
     """A real tensor with storage: not a subclass (fake tensors, ...) nor a
-    ``torch.func`` wrapper."""
+    ``torch.func`` wrapper.
+
+    The wrapper test is private (``torch._C._functorch``): PyTorch has no
+    public one (2.x), and a wrapped tensor has no storage a kernel can read,
+    so the kernels need it to fall back to the reference path.
+    """
     if type(x) not in (torch.Tensor, torch.nn.Parameter):
         return False
     return not torch._C._functorch.is_functorch_wrapped_tensor(x)
@@ -116,7 +119,7 @@ def _unrows(rows: torch.Tensor, like: torch.Tensor, dim: int) -> torch.Tensor:
 
 def sparsemax_forward(scores: torch.Tensor, dim: int, nan_policy: str) -> torch.Tensor:
     """Sparsemax of ``scores`` along ``dim`` (validated arguments): the kernel
-    where it applies, else :func:`sparsecore._sparsemax.sparsemax_checked`."""
+    where it applies, else :func:`sparsecore.internal.sparsemax_checked`."""
     kernels = _kernels_for(scores)
     if kernels is None:
         return sparsemax_checked(scores, dim, nan_policy, xp=xp)  # type: ignore[no-any-return]
@@ -142,7 +145,7 @@ def topk_sparsemax_forward(scores: torch.Tensor, k: int, dim: int, nan_policy: s
 
 def sparsemax_backward(probs: torch.Tensor, grad_probs: torch.Tensor, dim: int) -> torch.Tensor:
     """The sparsemax VJP at ``probs`` (validated ``dim``): the kernel where it
-    applies, else :func:`sparsecore._sparsemax.sparsemax_vjp_checked`."""
+    applies, else :func:`sparsecore.internal.sparsemax_vjp_checked`."""
     kernels = _kernels_for(grad_probs, probs)
     recording = torch.is_grad_enabled() and (probs.requires_grad or grad_probs.requires_grad)
     if kernels is None or recording or probs.dtype not in KERNEL_DTYPES or probs.shape != grad_probs.shape:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from sparsecore._lib._validation import check_k
+from sparsecore.internal import check_k
 
 from ._functions import sparsemax, topk_sparsemax
 

@@ -1,17 +1,16 @@
-"""Array-namespace helpers: compute dtypes and bounded loops.
+"""Array-namespace helpers: compute dtypes, gathers and native one-liners.
 
 Nothing here imports a framework at module level.  The native code paths are
-the JAX loop, taken behind ``is_jax_namespace`` so that a solver's
-data-dependent stopping stays traceable under ``jax.jit``, and in-place or
-native elementwise methods where a namespace has them (each a one-liner with
-the generic array-API fallback beside it).
+in-place or native elementwise methods where a namespace has them (each a
+one-liner with the generic array-API fallback beside it).  The bounded loop
+:func:`while_loop` lives in :mod:`._control` (with ``cond``) and is
+re-exported here.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from array_api_compat import (
     array_namespace,
@@ -21,6 +20,8 @@ from array_api_compat import (
     is_numpy_namespace,
     is_torch_namespace,
 )
+
+from ._control import while_loop
 
 __all__ = [
     "array_namespace",
@@ -36,8 +37,6 @@ __all__ = [
     "take_along_axis",
     "while_loop",
 ]
-
-State = TypeVar("State")
 
 
 def compute_dtype(dtype: Any, *, xp: Any) -> Any:
@@ -108,28 +107,6 @@ def take_along_axis(x: Any, indices: Any, axis: int, *, xp: Any) -> Any:
             return torch.gather(x, axis, indices)
         return torch.take_along_dim(x, indices, dim=axis)
     return xp.take_along_axis(x, indices, axis=axis)
-
-
-def while_loop(
-    cond: Callable[[State], Any],
-    body: Callable[[State], State],
-    state: State,
-    *,
-    xp: Any,
-) -> State:
-    """Run ``body`` while ``cond`` holds.
-
-    Eager namespaces run a Python loop (``cond`` is read on the host); JAX
-    uses ``jax.lax.while_loop`` so that the loop is traceable under ``jit``
-    and batchable under ``vmap``.  ``cond`` must bound the iteration count.
-    """
-    if is_jax_namespace(xp):
-        import jax
-
-        return jax.lax.while_loop(cond, body, state)  # type: ignore[no-any-return]
-    while bool(cond(state)):
-        state = body(state)
-    return state
 
 
 def concrete_any(x: Any, *, xp: Any) -> bool:
